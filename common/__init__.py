@@ -1,0 +1,2 @@
+"""The serving kit shared by every service: start-up, health, reflection, metrics, errors,
+dynamic batching, model bundles and settings."""

@@ -1,0 +1,78 @@
+"""The part every model service shares: a model repository, a dynamic batcher in front of it,
+TF Serving's PredictionService for the raw model, and the request-size checks.
+
+A subclass adds its gRPC servicer and the domain steps around `predict`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, Protocol, Sequence, TypeVar
+
+import grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from common import tf_serving
+from common.batching import DynamicBatcher
+from common.errors import InvalidInput, TooLarge
+from common.model_bundle import BundleInfo
+from common.model_repository import ModelRepository
+from common.saved_model import SavedModelRunner
+from common.settings import ModelServiceSettings
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class BatchModel(Protocol[In, Out]):
+    """A loaded, warmed-up model: one output per input, in order."""
+
+    runner: SavedModelRunner
+
+    def predict(self, items: list[In]) -> Sequence[Out]: ...
+
+
+class BatchedModelService(Generic[In, Out]):
+    """Serves one bundle name; `predict` batches items across concurrent calls."""
+
+    #: The domain gRPC service names; TF Serving's is added by `service_names`.
+    domain_service_names: Sequence[str] = ()
+
+    def __init__(self, settings: ModelServiceSettings, loader: Callable[[BundleInfo], BatchModel[In, Out]]):
+        self.settings = settings
+        self.repository: ModelRepository[BatchModel[In, Out]] = ModelRepository(
+            settings.models_dir, settings.model_name, loader, settings.model_poll_seconds)
+        self.batcher: DynamicBatcher[In, tuple[BundleInfo, Out]] = DynamicBatcher(
+            settings.model_name, self._run_batch, settings.max_batch_size,
+            settings.max_batch_delay_ms / 1000.0, settings.max_queue_size)
+
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        return (*self.domain_service_names, tf_serving.SERVICE_NAME)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            tf_serving.PredictionServicer(self.repository, self.settings.max_items_per_request), server)
+
+    async def start(self) -> None:
+        await self.repository.load_latest()
+        self.batcher.start()
+        self.repository.start_watching()
+
+    async def stop(self) -> None:
+        await self.repository.stop()
+        await self.batcher.stop()
+
+    def _run_batch(self, items: list[In]) -> list[tuple[BundleInfo, Out]]:
+        bundle, model = self.repository.current()
+        return [(bundle, output) for output in model.predict(items)]
+
+    async def predict(self, items: Sequence[In]) -> list[tuple[BundleInfo, Out]]:
+        """Outputs with the bundle that computed them (a version swap may happen between calls)."""
+        return await self.batcher.submit(items)
+
+    def check_item_count(self, field: str, count: int) -> None:
+        """An empty batch is a client mistake; an oversized one exceeds a limit."""
+        if count == 0:
+            raise InvalidInput(f"{field}: empty batch, send at least one item")
+        if count > self.settings.max_items_per_request:
+            raise TooLarge(f"{field}: {count} items, the limit is {self.settings.max_items_per_request} per call")
