@@ -1,0 +1,1 @@
+"""TextEncoder: the study's text pipeline and the text model, served over gRPC."""

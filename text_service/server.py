@@ -1,0 +1,73 @@
+"""TextEncoder over gRPC: validate, run the text pipeline, batch the model call, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+
+from pydantic import Field
+
+from common.model_service import BatchedModelService
+from common.scores import resolve_top_k, top_k_scores
+from common.settings import ModelServiceSettings
+from common.timing import StageTimer
+from rakuten.v1 import common_pb2, text_pb2, text_pb2_grpc
+from text_service.model import TextModel, TextPrediction
+from text_service.preprocessing import PreprocessedText, preprocess
+from text_service.validation import check_product_text
+
+SERVICE_NAME = text_pb2.DESCRIPTOR.services_by_name["TextEncoder"].full_name
+
+
+class TextServiceSettings(ModelServiceSettings):
+    port: int = Field(50052, ge=0, le=65535, description="gRPC port (0: pick a free one)")
+    metrics_port: int = Field(9102, ge=0, le=65535, description="Prometheus /metrics port (0: pick a free one)")
+    model_name: str = Field("text", description="bundle folder under models_dir")
+    max_designation_chars: int = Field(1_000, ge=1, description="longest title accepted")
+    max_description_chars: int = Field(50_000, ge=1, description="longest description accepted")
+    preprocess_threads: int = Field(2, ge=1, description="threads running the text pipeline")
+
+
+class TextService(BatchedModelService[str, TextPrediction], text_pb2_grpc.TextEncoderServicer):
+    domain_service_names = (SERVICE_NAME,)
+
+    def __init__(self, settings: TextServiceSettings):
+        super().__init__(settings, TextModel)
+        self.settings: TextServiceSettings = settings
+        self._pipeline = concurrent.futures.ThreadPoolExecutor(settings.preprocess_threads,
+                                                               thread_name_prefix="text-pipeline")
+
+    def register(self, server) -> None:
+        super().register(server)
+        text_pb2_grpc.add_TextEncoderServicer_to_server(self, server)
+
+    async def stop(self) -> None:
+        await super().stop()
+        self._pipeline.shutdown(wait=False, cancel_futures=True)
+
+    def _preprocess_all(self, texts) -> list[PreprocessedText]:
+        return [preprocess(t.designation, t.description) for t in texts]
+
+    async def Encode(self, request: text_pb2.EncodeTextRequest, context) -> text_pb2.EncodeTextResponse:
+        timer = StageTimer()
+        self.check_item_count("texts", len(request.texts))
+        for index, text in enumerate(request.texts):
+            check_product_text(f"texts[{index}]", text.designation, text.description,
+                               self.settings.max_designation_chars, self.settings.max_description_chars)
+        bundle, _ = self.repository.current()
+        k = resolve_top_k(request.top_k, self.settings.default_top_k, len(bundle.labels))
+        with timer.stage("preprocess"):
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                self._pipeline, self._preprocess_all, request.texts)
+        with timer.stage("model"):
+            outputs = await self.predict([p.text for p in prepared])
+        response = text_pb2.EncodeTextResponse()
+        for prep, (used, prediction) in zip(prepared, outputs):
+            result = response.results.add(language=prep.language, normalized_text=prep.text)
+            result.top_k.extend(top_k_scores(prediction.probabilities, used.labels, k))
+            if not request.omit_embedding:
+                result.embedding.extend(prediction.embedding.tolist())
+        used_bundle = outputs[-1][0]
+        response.model.CopyFrom(common_pb2.ModelVersion(name=used_bundle.name, version=used_bundle.version))
+        response.timings.extend(timer.protos())
+        return response
