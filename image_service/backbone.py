@@ -31,11 +31,11 @@ import keras
 import numpy as np
 from keras import layers
 
+from image_service.preprocessing import INPUT_SIZE, MEAN, STD
 from image_service.torch_weights import load_legacy_state_dict
 
-INPUT_SIZE = 224
-INPUT_MEAN_RGB = (127.0, 127.0, 127.0)
-INPUT_STD_RGB = (128.0, 128.0, 128.0)
+INPUT_MEAN_RGB = (MEAN,) * 3
+INPUT_STD_RGB = (STD,) * 3
 FEATURE_DIM = 1280
 NUM_CLASSES = 1000
 
