@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 METADATA_FILE = "metadata.json"
-SAVED_MODEL_FILE = "saved_model.pb"
 
 
 @dataclass(frozen=True)

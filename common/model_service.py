@@ -16,7 +16,7 @@ from common.batching import DynamicBatcher
 from common.errors import InvalidInput, TooLarge
 from common.model_bundle import BundleInfo
 from common.model_repository import ModelRepository
-from common.saved_model import SavedModelRunner
+from common.saved_model import SignatureRunner
 from common.settings import ModelServiceSettings
 
 In = TypeVar("In")
@@ -26,7 +26,7 @@ Out = TypeVar("Out")
 class BatchModel(Protocol[In, Out]):
     """A loaded, warmed-up model: one output per input, in order."""
 
-    runner: SavedModelRunner
+    runner: SignatureRunner
 
     def predict(self, items: list[In]) -> Sequence[Out]: ...
 

@@ -1,7 +1,10 @@
-"""Runs the `serving_default` signature of a bundle's SavedModel on NumPy arrays.
+"""Runs a model signature on NumPy arrays: named inputs in, named outputs out.
 
-Every model service and the TF Serving `PredictionService` call models through this one class,
-so what a TF Serving client gets is exactly what the service computes.
+A `SignatureRunner` wraps any TF concrete function with keyword tensor inputs: the
+`serving_default` signature of a bundle's SavedModel (`load_saved_model`), or a function that
+composes several models in memory (the image service's backbone + head). Every model service and
+the TF Serving `PredictionService` call models through it, so what a TF Serving client gets is
+exactly what the service computes.
 """
 
 from __future__ import annotations
@@ -10,26 +13,21 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
-
-from common.model_bundle import SAVED_MODEL_FILE
+from tensorflow.core.protobuf import meta_graph_pb2
 
 SERVING_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
 
 
-class SavedModelRunner:
-    """A loaded SavedModel signature: named NumPy inputs in, named NumPy outputs out."""
+class SignatureRunner:
+    """A callable signature with its input and output specs."""
 
-    def __init__(self, path: str | Path, signature: str = SERVING_SIGNATURE):
-        self.path = Path(path)
-        self._module = tf.saved_model.load(str(self.path))
-        if signature not in self._module.signatures:
-            raise ValueError(f"{self.path}: no signature {signature!r} (has {sorted(self._module.signatures)})")
-        self.signature_name = signature
-        self._fn = self._module.signatures[signature]
-        _, kwargs = self._fn.structured_input_signature
+    def __init__(self, function, keep_alive: object = None):
+        self._fn = function
+        self._keep_alive = keep_alive  # the objects whose variables the function reads
+        _, kwargs = function.structured_input_signature
         self.input_specs: dict[str, tf.TensorSpec] = dict(kwargs)
-        self.output_specs: dict[str, tf.TensorSpec] = dict(self._fn.structured_outputs)
+        self.output_specs: dict[str, tf.TensorSpec] = dict(function.structured_outputs)
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         missing = set(self.input_specs) - set(inputs)
@@ -41,9 +39,20 @@ class SavedModelRunner:
                    for name, value in inputs.items()}
         return {name: value.numpy() for name, value in self._fn(**tensors).items()}
 
-    def signature_defs(self) -> dict[str, meta_graph_pb2.SignatureDef]:
-        """The callable SignatureDefs as written in saved_model.pb (what TF Serving reports);
-        internal ones such as `__saved_model_init_op` are left out."""
-        saved = saved_model_pb2.SavedModel()
-        saved.ParseFromString((self.path / SAVED_MODEL_FILE).read_bytes())
-        return {name: sig for name, sig in saved.meta_graphs[0].signature_def.items() if not name.startswith("__")}
+    def signature_def(self) -> meta_graph_pb2.SignatureDef:
+        """The SignatureDef TF Serving would report for this signature."""
+        signature = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
+        for target, specs in ((signature.inputs, self.input_specs), (signature.outputs, self.output_specs)):
+            for name, spec in specs.items():
+                target[name].name = f"{name}:0"
+                target[name].dtype = spec.dtype.as_datatype_enum
+                target[name].tensor_shape.CopyFrom(spec.shape.as_proto())
+        return signature
+
+
+def load_saved_model(path: str | Path, signature: str = SERVING_SIGNATURE) -> SignatureRunner:
+    """The named signature of the SavedModel in `path`."""
+    module = tf.saved_model.load(str(path))
+    if signature not in module.signatures:
+        raise ValueError(f"{path}: no signature {signature!r} (has {sorted(module.signatures)})")
+    return SignatureRunner(module.signatures[signature], keep_alive=module)

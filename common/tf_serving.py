@@ -17,13 +17,13 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 
 from common.errors import InvalidInput, NotFound, TooLarge
 from common.model_repository import ModelRepository
-from common.saved_model import SERVING_SIGNATURE, SavedModelRunner
+from common.saved_model import SERVING_SIGNATURE, SignatureRunner
 
 SERVICE_NAME = "tensorflow.serving.PredictionService"
 
 
 class RunsSavedModel(Protocol):
-    runner: SavedModelRunner
+    runner: SignatureRunner
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -33,7 +33,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._repository = repository
         self._max_batch = max_batch
 
-    def _resolve(self, model_spec) -> tuple[int, SavedModelRunner]:
+    def _resolve(self, model_spec) -> tuple[int, SignatureRunner]:
         bundle, model = self._repository.current()
         if model_spec.name != bundle.name:
             raise NotFound(f"model_spec.name: this server serves {bundle.name!r}, not {model_spec.name!r}")
@@ -52,7 +52,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         spec.version.value = version
         spec.signature_name = SERVING_SIGNATURE
 
-    def _inputs(self, request: predict_pb2.PredictRequest, runner: SavedModelRunner) -> dict[str, np.ndarray]:
+    def _inputs(self, request: predict_pb2.PredictRequest, runner: SignatureRunner) -> dict[str, np.ndarray]:
         expected = set(runner.input_specs)
         if set(request.inputs) != expected:
             raise InvalidInput(f"inputs: expected exactly {sorted(expected)}, got {sorted(request.inputs)}")
@@ -99,7 +99,6 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         self._fill_spec(response.model_spec, version)
         signatures = get_model_metadata_pb2.SignatureDefMap()
-        for name, signature in runner.signature_defs().items():
-            signatures.signature_def[name].CopyFrom(signature)
+        signatures.signature_def[SERVING_SIGNATURE].CopyFrom(runner.signature_def())
         response.metadata["signature_def"].Pack(signatures)
         return response

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.model_bundle import BundleInfo
-from common.saved_model import SavedModelRunner
+from common.saved_model import load_saved_model
 
 # A warm-up text: the first call builds TF's graphs, so it must not be a client's.
 _WARMUP_TEXTS = ["tabl tres jol dimens cm", "livr", ""]
@@ -25,7 +25,7 @@ class TextModel:
     def __init__(self, bundle: BundleInfo):
         self.bundle = bundle
         self.labels = bundle.labels
-        self.runner = SavedModelRunner(bundle.path)
+        self.runner = load_saved_model(bundle.path)
         self.predict(_WARMUP_TEXTS)
 
     def predict(self, texts: list[str]) -> list[TextPrediction]:
