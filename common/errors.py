@@ -41,3 +41,9 @@ class NotFound(ServiceError):
     """A named model or version that this service does not hold."""
 
     code = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(ServiceError):
+    """The backends needed to answer are down or failing; the message says which and why."""
+
+    code = grpc.StatusCode.UNAVAILABLE

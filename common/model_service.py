@@ -18,6 +18,7 @@ from common.model_bundle import BundleInfo
 from common.model_repository import ModelRepository
 from common.saved_model import SignatureRunner
 from common.settings import ModelServiceSettings
+from rakuten.v1 import common_pb2
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -76,3 +77,9 @@ class BatchedModelService(Generic[In, Out]):
             raise InvalidInput(f"{field}: empty batch, send at least one item")
         if count > self.settings.max_items_per_request:
             raise TooLarge(f"{field}: {count} items, the limit is {self.settings.max_items_per_request} per call")
+
+
+def served_version(outputs: Sequence[tuple[BundleInfo, object]]) -> common_pb2.ModelVersion:
+    """The version that answered a call (the last item's, should a swap fall inside the call)."""
+    bundle = outputs[-1][0]
+    return common_pb2.ModelVersion(name=bundle.name, version=bundle.version)

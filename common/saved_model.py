@@ -23,10 +23,12 @@ class SignatureRunner:
     """A callable signature with its input and output specs."""
 
     def __init__(self, function, keep_alive: object = None):
-        self._fn = function
+        self.function = function
         self._keep_alive = keep_alive  # the objects whose variables the function reads
-        _, kwargs = function.structured_input_signature
-        self.input_specs: dict[str, tf.TensorSpec] = dict(kwargs)
+        args, kwargs = function.structured_input_signature
+        # SavedModel signatures take keywords; a tf.function's concrete function takes named positionals.
+        self._positional = [spec.name for spec in args]
+        self.input_specs: dict[str, tf.TensorSpec] = dict(kwargs) or {spec.name: spec for spec in args}
         self.output_specs: dict[str, tf.TensorSpec] = dict(function.structured_outputs)
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
@@ -37,7 +39,11 @@ class SignatureRunner:
                              f"unknown {sorted(unknown)}")
         tensors = {name: tf.convert_to_tensor(value, dtype=self.input_specs[name].dtype)
                    for name, value in inputs.items()}
-        return {name: value.numpy() for name, value in self._fn(**tensors).items()}
+        if self._positional:
+            outputs = self.function(*(tensors[name] for name in self._positional))
+        else:
+            outputs = self.function(**tensors)
+        return {name: value.numpy() for name, value in outputs.items()}
 
     def signature_def(self) -> meta_graph_pb2.SignatureDef:
         """The SignatureDef TF Serving would report for this signature."""

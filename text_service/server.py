@@ -7,11 +7,11 @@ import concurrent.futures
 
 from pydantic import Field
 
-from common.model_service import BatchedModelService
+from common.model_service import BatchedModelService, served_version
 from common.scores import resolve_top_k, top_k_scores
 from common.settings import ModelServiceSettings
 from common.timing import StageTimer
-from rakuten.v1 import common_pb2, text_pb2, text_pb2_grpc
+from rakuten.v1 import text_pb2, text_pb2_grpc
 from text_service.model import TextModel, TextPrediction
 from text_service.preprocessing import PreprocessedText, preprocess
 from text_service.validation import check_product_text
@@ -67,7 +67,6 @@ class TextService(BatchedModelService[str, TextPrediction], text_pb2_grpc.TextEn
             result.top_k.extend(top_k_scores(prediction.probabilities, used.labels, k))
             if not request.omit_embedding:
                 result.embedding.extend(prediction.embedding.tolist())
-        used_bundle = outputs[-1][0]
-        response.model.CopyFrom(common_pb2.ModelVersion(name=used_bundle.name, version=used_bundle.version))
+        response.model.CopyFrom(served_version(outputs))
         response.timings.extend(timer.protos())
         return response

@@ -1,0 +1,1 @@
+"""ProductClassifier: the public API; fans out to the text and image services, then fusion."""

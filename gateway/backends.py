@@ -1,0 +1,87 @@
+"""Open channels to the model services and one call to a stage under the caller's deadline.
+
+Channels are created once and kept open. With a `dns:///` address of a headless Kubernetes
+Service, `round_robin` spreads calls over every pod behind it (gRPC keeps connections open, so
+a plain ClusterIP would pin each gateway to one pod). A stage call gets what is left of the
+deadline; UNAVAILABLE (a pod restarting, a connection reset) is retried once after a short
+backoff when the deadline allows; INVALID_ARGUMENT is the caller's fault and is passed back;
+anything else makes the stage fail so the answer can degrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import grpc
+
+CLIENT_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT,)
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+
+_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+def open_channel(address: str, max_message_bytes: int) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=[
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.enable_retries", 0),  # retries are ours: once, on UNAVAILABLE, within the deadline
+    ])
+
+
+class CallerError(Exception):
+    """A stage refused the input (INVALID_ARGUMENT): the caller must fix the request."""
+
+    def __init__(self, stage: str, error: grpc.aio.AioRpcError):
+        super().__init__(error.details())
+        self.stage = stage
+        self.details = error.details() or ""
+
+
+@dataclass
+class StageOutcome:
+    """A stage's response, or why it failed; with the time it took."""
+
+    stage: str
+    response: Any = None
+    failure: str = ""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.response is not None
+
+    @property
+    def called(self) -> bool:
+        return self.ok or bool(self.failure)
+
+
+async def call_stage(stage: str, method: Callable[..., Awaitable[Any]], request: Any, deadline: float,
+                     retry_backoff_s: float) -> StageOutcome:
+    """`method(request)` before the monotonic `deadline`, retried once on UNAVAILABLE."""
+    started = time.monotonic()
+    retried = False
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return StageOutcome(stage, failure=f"{stage}: no time left before the deadline",
+                                seconds=time.monotonic() - started)
+        try:
+            response = await method(request, timeout=remaining)
+            return StageOutcome(stage, response=response, seconds=time.monotonic() - started)
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            if code in CLIENT_ERRORS:
+                raise CallerError(stage, error) from error
+            if code in RETRYABLE and not retried and deadline - time.monotonic() > retry_backoff_s:
+                retried = True
+                await asyncio.sleep(retry_backoff_s)
+                continue
+            return StageOutcome(stage, failure=f"{stage}: {code.name}: {error.details()}",
+                                seconds=time.monotonic() - started)

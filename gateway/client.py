@@ -1,0 +1,138 @@
+"""A client for the ProductClassifier API: a class for other Python services, and a command line.
+
+    python -m gateway.client --designation "Piscine tubulaire 300 x 76 cm" --image photo.jpg
+    python -m gateway.client --designation "..." --description "..." --top-k 5 --json
+
+The class keeps one channel open for its lifetime: make one and reuse it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from rakuten.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
+
+
+@dataclass
+class Product:
+    designation: str = ""
+    description: str = ""
+    image: bytes = b""
+    id: str = ""
+
+    def proto(self) -> classifier_pb2.Product:
+        return classifier_pb2.Product(id=self.id, designation=self.designation, description=self.description,
+                                      image=self.image)
+
+
+@dataclass
+class Category:
+    code: int
+    name: str
+    score: float
+
+
+@dataclass
+class Answer:
+    """A classification, in plain Python types."""
+
+    categories: list[Category]
+    modalities: list[str]
+    degraded: bool
+    degraded_reason: str
+    language: str
+    models: dict[str, int]
+    timings: dict[str, float]
+    id: str = ""
+    raw: classifier_pb2.Classification = field(default=None, repr=False)
+
+    @classmethod
+    def from_proto(cls, message: classifier_pb2.Classification) -> "Answer":
+        return cls(
+            categories=[Category(s.code, s.name, s.score) for s in message.top_k],
+            modalities=[common_pb2.Modality.Name(m).removeprefix("MODALITY_").lower() for m in message.modalities],
+            degraded=message.degraded, degraded_reason=message.degraded_reason, language=message.language,
+            models={m.name: m.version for m in message.models},
+            timings={t.stage: t.seconds for t in message.timings}, id=message.id, raw=message)
+
+
+class ClassifierClient:
+    """Calls the gateway; raises grpc.RpcError with the server's status and message on failure."""
+
+    def __init__(self, address: str = "localhost:50051", timeout: float = 10.0,
+                 max_message_bytes: int = 32 * 1024 * 1024):
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(address, options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes)])
+        self._stub = classifier_pb2_grpc.ProductClassifierStub(self._channel)
+
+    def classify(self, product: Product, top_k: int = 3, timeout: float | None = None) -> Answer:
+        request = classifier_pb2.ClassifyRequest(product=product.proto(), top_k=top_k)
+        response = self._stub.Classify(request, timeout=timeout or self.timeout)
+        return Answer.from_proto(response.classification)
+
+    def classify_batch(self, products: list[Product], top_k: int = 3, timeout: float | None = None) -> list[Answer]:
+        request = classifier_pb2.ClassifyBatchRequest(products=[p.proto() for p in products], top_k=top_k)
+        response = self._stub.ClassifyBatch(request, timeout=timeout or self.timeout)
+        return [Answer.from_proto(c) for c in response.classifications]
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "ClassifierClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def render(answer: Answer) -> str:
+    """The answer as a person reads it."""
+    lines = []
+    for rank, category in enumerate(answer.categories, 1):
+        bar = "#" * round(category.score * 30)
+        lines.append(f"{rank}. {category.code:>5}  {category.name:<32} {category.score:6.1%}  {bar}")
+    used = " + ".join(answer.modalities)
+    lines.append(f"based on: {used}" + (f"   language: {answer.language}" if answer.language else ""))
+    if answer.degraded:
+        lines.append(f"DEGRADED: {answer.degraded_reason}")
+    lines.append("models: " + ", ".join(f"{name} v{version}" for name, version in answer.models.items()))
+    lines.append("time: " + ", ".join(f"{stage} {seconds * 1000:.1f} ms" for stage, seconds in answer.timings.items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.client", description=__doc__.splitlines()[0])
+    parser.add_argument("--address", default="localhost:50051", help="gateway host:port")
+    parser.add_argument("--designation", default="", help="product title")
+    parser.add_argument("--description", default="", help="product description (HTML allowed)")
+    parser.add_argument("--image", type=Path, help="path of the product image (JPEG, PNG, WebP, GIF)")
+    parser.add_argument("--top-k", type=int, default=3, help="number of categories (1-27)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    parser.add_argument("--json", action="store_true", help="print the raw answer as JSON")
+    args = parser.parse_args(argv)
+    product = Product(args.designation, args.description, args.image.read_bytes() if args.image else b"")
+    with ClassifierClient(args.address, timeout=args.timeout) as client:
+        try:
+            answer = client.classify(product, top_k=args.top_k)
+        except grpc.RpcError as error:
+            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(answer.raw, preserving_proto_field_name=True),
+                         ensure_ascii=False, indent=2))
+    else:
+        print(render(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

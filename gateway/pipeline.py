@@ -1,0 +1,190 @@
+"""One classification call: text and image stages concurrently, then fusion, then the answers.
+
+The text stage gets the products with text, the image stage those with an image, each as one
+batched call under the caller's deadline. Products with both go to fusion. A stage that fails
+degrades the products that needed it to the other modality (marked, with the reason); when the
+fusion service fails, late fusion in the gateway answers (marked). Only a product that no
+modality can answer fails the call, with UNAVAILABLE naming the product and the reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from common.errors import InvalidInput, TooLarge, Unavailable
+from gateway import metrics
+from gateway.backends import CallerError, StageOutcome, call_stage
+from gateway.fusion import ScoreVector, late_fusion
+from rakuten.v1 import (classifier_pb2, common_pb2, fusion_pb2, fusion_pb2_grpc, image_pb2, image_pb2_grpc,
+                        text_pb2, text_pb2_grpc)
+from text_service.validation import check_text_field
+
+TEXT, IMAGE, FUSION = "text", "image", "fusion"
+_STAGE_FIELD = re.compile(r"^(texts|images|inputs)\[(\d+)\](\.\w+)?")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_products: int
+    max_designation_chars: int
+    max_description_chars: int
+    max_image_bytes: int
+
+
+@dataclass(frozen=True)
+class FusionPolicy:
+    mode: str  # "head": the fusion service; "late": weighted average in the gateway
+    late_text_weight: float
+
+
+@dataclass
+class Stubs:
+    text: text_pb2_grpc.TextEncoderStub
+    image: image_pb2_grpc.ImageEncoderStub
+    fusion: fusion_pb2_grpc.FusionStub
+
+
+@dataclass
+class _Answer:
+    scores: ScoreVector | None = None
+    modalities: list[int] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    reason_labels: list[str] = field(default_factory=list)
+
+
+def validate(products: Sequence[classifier_pb2.Product], limits: Limits) -> None:
+    """What the gateway can check without a model, with messages naming products[i]."""
+    if not products:
+        raise InvalidInput("products: empty batch, send at least one product")
+    if len(products) > limits.max_products:
+        raise TooLarge(f"products: {len(products)} products, the limit is {limits.max_products} per call")
+    for index, product in enumerate(products):
+        name = f"products[{index}]"
+        if not product.designation.strip() and not product.description.strip() and not product.image:
+            raise InvalidInput(f"{name}: designation, description and image are all empty")
+        check_text_field(f"{name}.designation", product.designation, limits.max_designation_chars)
+        check_text_field(f"{name}.description", product.description, limits.max_description_chars)
+        if len(product.image) > limits.max_image_bytes:
+            raise TooLarge(f"{name}.image: {len(product.image)} bytes, the limit is {limits.max_image_bytes}")
+
+
+def has_text(product: classifier_pb2.Product) -> bool:
+    return bool(product.designation.strip() or product.description.strip())
+
+
+def _caller_error(error: CallerError, positions: list[int]) -> InvalidInput:
+    """A stage's 'images[2].data: ...' becomes 'products[5].image: ...' for the caller."""
+    match = _STAGE_FIELD.match(error.details)
+    if not match:
+        return InvalidInput(f"{error.stage}: {error.details}")
+    product = positions[int(match.group(2))]
+    part = {"texts": "", "images": ".image", "inputs": ""}[match.group(1)]
+    if match.group(1) == "texts" and match.group(3):
+        part = match.group(3)
+    return InvalidInput(f"products[{product}]{part}{error.details[match.end():]}")
+
+
+class ClassificationPipeline:
+    def __init__(self, stubs: Stubs, limits: Limits, policy: FusionPolicy, n_classes: int,
+                 retry_backoff_s: float):
+        self.stubs = stubs
+        self.limits = limits
+        self.policy = policy
+        self.n_classes = n_classes
+        self.retry_backoff_s = retry_backoff_s
+
+    async def _stage(self, stage: str, method, request, positions: list[int], deadline: float) -> StageOutcome:
+        if not positions:
+            return StageOutcome(stage)
+        try:
+            outcome = await call_stage(stage, method, request, deadline, self.retry_backoff_s)
+        except CallerError as error:
+            if stage == FUSION:  # embeddings come from our own encoders: a mismatch is ours, not the caller's
+                return StageOutcome(stage, failure=f"fusion: INVALID_ARGUMENT: {error.details}")
+            raise _caller_error(error, positions) from None
+        metrics.STAGE_LATENCY.labels(stage).observe(outcome.seconds)
+        return outcome
+
+    async def classify(self, products: Sequence[classifier_pb2.Product], top_k: int,
+                       deadline: float) -> list[classifier_pb2.Classification]:
+        started = time.monotonic()
+        validate(products, self.limits)
+        text_positions = [i for i, p in enumerate(products) if has_text(p)]
+        image_positions = [i for i, p in enumerate(products) if p.image]
+        text_request = text_pb2.EncodeTextRequest(top_k=self.n_classes, texts=[
+            text_pb2.TextInput(designation=products[i].designation, description=products[i].description)
+            for i in text_positions])
+        image_request = image_pb2.EncodeImageRequest(top_k=self.n_classes, images=[
+            image_pb2.ImageInput(data=products[i].image) for i in image_positions])
+        text_outcome, image_outcome = await asyncio.gather(
+            self._stage(TEXT, self.stubs.text.Encode, text_request, text_positions, deadline),
+            self._stage(IMAGE, self.stubs.image.Encode, image_request, image_positions, deadline))
+        texts = dict(zip(text_positions, text_outcome.response.results)) if text_outcome.ok else {}
+        images = dict(zip(image_positions, image_outcome.response.results)) if image_outcome.ok else {}
+
+        answers = [_Answer() for _ in products]
+        paired = [i for i in range(len(products)) if i in texts and i in images]
+        fusion_outcome = await self._fuse(paired, texts, images, answers, deadline)
+        for i, answer in enumerate(answers):
+            if answer.scores is not None:
+                continue
+            if i in texts:
+                answer.scores, answer.modalities = ScoreVector(texts[i].top_k), [common_pb2.MODALITY_TEXT]
+            elif i in images:
+                answer.scores, answer.modalities = ScoreVector(images[i].top_k), [common_pb2.MODALITY_IMAGE]
+            if i in text_positions and i not in texts:
+                answer.reasons.append(f"text unavailable ({text_outcome.failure})")
+                answer.reason_labels.append("text_failed")
+            if i in image_positions and i not in images:
+                answer.reasons.append(f"image unavailable ({image_outcome.failure})")
+                answer.reason_labels.append("image_failed")
+        unanswered = [i for i, a in enumerate(answers) if a.scores is None]
+        if unanswered:
+            raise Unavailable("; ".join(f"products[{i}]: no modality could answer: {', '.join(answers[i].reasons)}"
+                                        for i in unanswered))
+
+        models = [stage.response.model for stage in (text_outcome, image_outcome, fusion_outcome) if stage.ok]
+        total = time.monotonic() - started
+        metrics.STAGE_LATENCY.labels("total").observe(total)
+        timings = [common_pb2.StageTiming(stage=stage.stage, seconds=stage.seconds)
+                   for stage in (text_outcome, image_outcome, fusion_outcome) if stage.called]
+        timings.append(common_pb2.StageTiming(stage="total", seconds=total))
+        k = min(top_k, self.n_classes)
+        results = []
+        for i, (product, answer) in enumerate(zip(products, answers)):
+            for label in answer.reason_labels:
+                metrics.DEGRADED.labels(label).inc()
+            metrics.ANSWERS.labels("+".join(common_pb2.Modality.Name(m)[9:].lower() for m in answer.modalities)).inc()
+            results.append(classifier_pb2.Classification(
+                id=product.id, top_k=answer.scores.top_k(k), modalities=answer.modalities,
+                degraded=bool(answer.reasons), degraded_reason="; ".join(answer.reasons),
+                language=texts[i].language if i in texts else "", models=models, timings=timings))
+        return results
+
+    async def _fuse(self, paired: list[int], texts, images, answers: list[_Answer], deadline: float) -> StageOutcome:
+        """Fuse the products that have both embeddings; fall back to late fusion if the service fails."""
+        both = [common_pb2.MODALITY_TEXT, common_pb2.MODALITY_IMAGE]
+        if not paired:
+            return StageOutcome(FUSION)
+        outcome = StageOutcome(FUSION)
+        if self.policy.mode == "head":
+            request = fusion_pb2.FuseRequest(top_k=self.n_classes, inputs=[
+                fusion_pb2.FusionInput(text_embedding=texts[i].embedding, image_embedding=images[i].embedding)
+                for i in paired])
+            outcome = await self._stage(FUSION, self.stubs.fusion.Fuse, request, paired, deadline)
+            if outcome.ok:
+                for i, result in zip(paired, outcome.response.results):
+                    answers[i].scores, answers[i].modalities = ScoreVector(result.top_k), both
+                return outcome
+        for i in paired:
+            answers[i].scores = late_fusion(ScoreVector(texts[i].top_k), ScoreVector(images[i].top_k),
+                                            self.policy.late_text_weight)
+            answers[i].modalities = both
+            if self.policy.mode == "head":
+                answers[i].reasons.append(f"fusion unavailable, late fusion used ({outcome.failure})")
+                answers[i].reason_labels.append("fusion_failed")
+        return outcome

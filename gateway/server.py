@@ -1,0 +1,87 @@
+"""ProductClassifier over gRPC: the public entry point of the classifier."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import Field
+
+from common.scores import resolve_top_k
+from common.settings import ServiceSettings
+from gateway.backends import open_channel
+from gateway.pipeline import ClassificationPipeline, FusionPolicy, Limits, Stubs
+from rakuten.v1 import classifier_pb2, classifier_pb2_grpc, fusion_pb2_grpc, image_pb2_grpc, text_pb2_grpc
+
+SERVICE_NAME = classifier_pb2.DESCRIPTOR.services_by_name["ProductClassifier"].full_name
+
+
+class GatewaySettings(ServiceSettings):
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: pick a free one)")
+    metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus /metrics port (0: pick a free one)")
+    text_address: str = Field("localhost:50052", description="text_service (dns:///name:port spreads over pods)")
+    image_address: str = Field("localhost:50053", description="image_service address")
+    fusion_address: str = Field("localhost:50054", description="fusion_service address")
+    fusion_mode: Literal["head", "late"] = Field(
+        "head", description="head: the fusion service; late: weighted average of text and image scores")
+    late_fusion_text_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="text weight of late fusion (from make eval-fusion)")
+    default_deadline_seconds: float = Field(10.0, gt=0, description="deadline of calls that set none")
+    retry_backoff_ms: float = Field(50.0, ge=0, description="wait before the one retry of an UNAVAILABLE stage")
+    answer_reserve_ms: float = Field(
+        50.0, ge=0, description="stages must end this long before the caller's deadline, to degrade and answer")
+    max_products_per_request: int = Field(64, ge=1, description="most products in one ClassifyBatch")
+    max_designation_chars: int = Field(1_000, ge=1, description="longest title accepted")
+    max_description_chars: int = Field(50_000, ge=1, description="longest description accepted")
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest encoded image accepted")
+    default_top_k: int = Field(3, ge=1, description="top_k used when a request leaves it at 0")
+    n_classes: int = Field(27, ge=1, description="number of product type codes the models know")
+
+
+class Gateway(classifier_pb2_grpc.ProductClassifierServicer):
+    service_names = (SERVICE_NAME,)
+
+    def __init__(self, settings: GatewaySettings):
+        self.settings = settings
+        self._channels = []
+        self.pipeline: ClassificationPipeline | None = None
+
+    def register(self, server) -> None:
+        classifier_pb2_grpc.add_ProductClassifierServicer_to_server(self, server)
+
+    async def start(self) -> None:
+        """Open the channels; the gateway serves even while backends are down (it degrades)."""
+        s = self.settings
+        self._channels = [open_channel(a, s.max_message_bytes)
+                          for a in (s.text_address, s.image_address, s.fusion_address)]
+        text, image, fusion = self._channels
+        self.pipeline = ClassificationPipeline(
+            Stubs(text_pb2_grpc.TextEncoderStub(text), image_pb2_grpc.ImageEncoderStub(image),
+                  fusion_pb2_grpc.FusionStub(fusion)),
+            Limits(s.max_products_per_request, s.max_designation_chars, s.max_description_chars,
+                   s.max_image_bytes),
+            FusionPolicy(s.fusion_mode, s.late_fusion_text_weight), s.n_classes, s.retry_backoff_ms / 1000.0)
+
+    async def stop(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+    def _deadline(self, context) -> float:
+        """When the stages must be done: the caller's deadline (or the default) less the reserve."""
+        remaining = context.time_remaining()
+        budget = remaining if remaining is not None else self.settings.default_deadline_seconds
+        return time.monotonic() + budget - self.settings.answer_reserve_ms / 1000.0
+
+    def _top_k(self, requested: int) -> int:
+        return resolve_top_k(requested, self.settings.default_top_k, self.settings.n_classes)
+
+    async def Classify(self, request: classifier_pb2.ClassifyRequest, context) -> classifier_pb2.ClassifyResponse:
+        k = self._top_k(request.top_k)
+        results = await self.pipeline.classify([request.product], k, self._deadline(context))
+        return classifier_pb2.ClassifyResponse(classification=results[0])
+
+    async def ClassifyBatch(self, request: classifier_pb2.ClassifyBatchRequest,
+                            context) -> classifier_pb2.ClassifyBatchResponse:
+        k = self._top_k(request.top_k)
+        results = await self.pipeline.classify(request.products, k, self._deadline(context))
+        return classifier_pb2.ClassifyBatchResponse(classifications=results)

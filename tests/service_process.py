@@ -1,0 +1,80 @@
+"""Runs a service as its own process (`python -m NAME`) on free ports, as production would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conftest import free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ServiceProcess:
+    """One service process; `start` returns once its health check says SERVING."""
+
+    def __init__(self, module: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None):
+        self.module = module
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.args = ["--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
+                     "--log-format", "text", *args]
+        self.log_path = log_dir / f"{module}-{self.port}.log"
+        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+        self.process: subprocess.Popen | None = None
+        self.channel: grpc.Channel | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120.0) -> "ServiceProcess":
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args], cwd=PROJECT_ROOT,
+                                        env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.channel = grpc.insecure_channel(self.address)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.module} exited with {self.process.returncode}:\n{self.log()}")
+            if self.health() == health_pb2.HealthCheckResponse.SERVING:
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"{self.module} not SERVING after {timeout} s:\n{self.log()}")
+
+    def health(self, service: str = ""):
+        try:
+            stub = health_pb2_grpc.HealthStub(self.channel)
+            return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status
+        except grpc.RpcError:
+            return None
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, as Kubernetes does; returns the exit code."""
+        if self.channel is not None:
+            self.channel.close()
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
