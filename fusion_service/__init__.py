@@ -1,0 +1,1 @@
+"""Fusion: text and image embeddings in, the final 27-way class scores out."""

@@ -1,0 +1,60 @@
+"""Fusion over gRPC: check embedding sizes against the model, batch the model call, answer top-k."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from common.errors import InvalidInput
+from common.model_service import BatchedModelService, served_version
+from common.scores import resolve_top_k, top_k_scores
+from common.settings import ModelServiceSettings
+from common.timing import StageTimer
+from fusion_service.model import FusionModel
+from rakuten.v1 import fusion_pb2, fusion_pb2_grpc
+
+SERVICE_NAME = fusion_pb2.DESCRIPTOR.services_by_name["Fusion"].full_name
+
+
+class FusionServiceSettings(ModelServiceSettings):
+    port: int = Field(50054, ge=0, le=65535, description="gRPC port (0: pick a free one)")
+    metrics_port: int = Field(9104, ge=0, le=65535, description="Prometheus /metrics port (0: pick a free one)")
+    model_name: str = Field("fusion", description="bundle folder under models_dir")
+
+
+def embedding_array(field: str, values, expected: int) -> np.ndarray:
+    """The embedding as float32, if it has the model's size and only finite values."""
+    if len(values) != expected:
+        raise InvalidInput(f"{field}: {len(values)} values, the model expects {expected}")
+    array = np.asarray(values, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise InvalidInput(f"{field}: holds NaN or infinite values")
+    return array
+
+
+class FusionService(BatchedModelService[tuple[np.ndarray, np.ndarray], np.ndarray], fusion_pb2_grpc.FusionServicer):
+    domain_service_names = (SERVICE_NAME,)
+
+    def __init__(self, settings: FusionServiceSettings):
+        super().__init__(settings, FusionModel)
+
+    def register(self, server) -> None:
+        super().register(server)
+        fusion_pb2_grpc.add_FusionServicer_to_server(self, server)
+
+    async def Fuse(self, request: fusion_pb2.FuseRequest, context) -> fusion_pb2.FuseResponse:
+        timer = StageTimer()
+        self.check_item_count("inputs", len(request.inputs))
+        bundle, model = self.repository.current()
+        k = resolve_top_k(request.top_k, self.settings.default_top_k, len(bundle.labels))
+        pairs = [(embedding_array(f"inputs[{i}].text_embedding", item.text_embedding, model.text_dim),
+                  embedding_array(f"inputs[{i}].image_embedding", item.image_embedding, model.image_dim))
+                 for i, item in enumerate(request.inputs)]
+        with timer.stage("model"):
+            outputs = await self.predict(pairs)
+        response = fusion_pb2.FuseResponse()
+        for used, probabilities in outputs:
+            response.results.add().top_k.extend(top_k_scores(probabilities, used.labels, k))
+        response.model.CopyFrom(served_version(outputs))
+        response.timings.extend(timer.protos())
+        return response

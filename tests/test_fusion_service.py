@@ -1,0 +1,63 @@
+"""fusion_service as a process: Fuse on embeddings of the model's sizes, and wrong sizes refused."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from common.model_bundle import Label
+from rakuten.v1 import fusion_pb2, fusion_pb2_grpc
+from tests.service_process import ServiceProcess
+from training.fitting import FitConfig
+from training.fusion_model import FusionConfig, export_fusion_bundle, train_fusion_model
+
+LABELS = [Label(10, "Livre occasion"), Label(2583, "Autour de la piscine")]
+TEXT_DIM, IMAGE_DIM = 6, 4
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    text = rng.normal(size=(200, TEXT_DIM)) + 2 * labels[:, None]
+    image = rng.normal(size=(200, IMAGE_DIM))
+    model, _ = train_fusion_model(text, image, labels, 2, FusionConfig(hidden_units=8), FitConfig(max_epochs=20))
+    models = tmp_path_factory.mktemp("models")
+    export_fusion_bundle(model, models, LABELS, {"metrics": {}})
+    process = ServiceProcess("fusion_service", ["--models-dir", str(models), "--max-items-per-request", "4"],
+                             tmp_path_factory.mktemp("logs")).start()
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+def fuse(service, pairs, top_k=0):
+    stub = fusion_pb2_grpc.FusionStub(service.channel)
+    request = fusion_pb2.FuseRequest(top_k=top_k, inputs=[
+        fusion_pb2.FusionInput(text_embedding=t, image_embedding=i) for t, i in pairs])
+    return stub.Fuse(request, timeout=10)
+
+
+def test_fuse_answers_in_order(service):
+    response = fuse(service, [([2.0] * TEXT_DIM, [0.0] * IMAGE_DIM), ([-2.0] * TEXT_DIM, [0.0] * IMAGE_DIM)])
+    assert [r.top_k[0].code for r in response.results] == [2583, 10]
+    assert response.results[0].top_k[0].name == "Autour de la piscine"
+    assert sum(s.score for s in response.results[0].top_k) == pytest.approx(1.0, abs=1e-5)
+    assert (response.model.name, response.model.version) == ("fusion", 1)
+
+
+@pytest.mark.parametrize("pairs, top_k, code, message", [
+    ([], 0, grpc.StatusCode.INVALID_ARGUMENT, "inputs: empty batch"),
+    ([([0.0] * TEXT_DIM, [0.0] * IMAGE_DIM)] * 5, 0, grpc.StatusCode.RESOURCE_EXHAUSTED, "inputs: 5 items"),
+    ([([0.0] * TEXT_DIM, [0.0] * IMAGE_DIM), ([0.0] * 5, [0.0] * IMAGE_DIM)], 0, grpc.StatusCode.INVALID_ARGUMENT,
+     "inputs[1].text_embedding: 5 values, the model expects 6"),
+    ([([0.0] * TEXT_DIM, [])], 0, grpc.StatusCode.INVALID_ARGUMENT, "inputs[0].image_embedding: 0 values"),
+    ([([float("nan")] * TEXT_DIM, [0.0] * IMAGE_DIM)], 0, grpc.StatusCode.INVALID_ARGUMENT,
+     "inputs[0].text_embedding: holds NaN or infinite values"),
+    ([([0.0] * TEXT_DIM, [0.0] * IMAGE_DIM)], 3, grpc.StatusCode.INVALID_ARGUMENT, "top_k: must be between 1 and 2"),
+])
+def test_bad_inputs(service, pairs, top_k, code, message):
+    with pytest.raises(grpc.RpcError) as caught:
+        fuse(service, pairs, top_k)
+    assert caught.value.code() == code and message in caught.value.details()
+    assert fuse(service, [([0.0] * TEXT_DIM, [0.0] * IMAGE_DIM)]).results
