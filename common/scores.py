@@ -11,8 +11,10 @@ from common.model_bundle import Label
 from rakuten.v1 import common_pb2
 
 
-def resolve_top_k(requested: int, default: int, n_classes: int) -> int:
+def resolve_top_k(requested: int, default: int, n_classes: int, all_classes: bool = False) -> int:
     """0 means the server default (capped at the class count); otherwise 1..n_classes."""
+    if all_classes:
+        return n_classes
     if requested == 0:
         return min(default, n_classes)
     if not 1 <= requested <= n_classes:

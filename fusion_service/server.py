@@ -46,7 +46,7 @@ class FusionService(BatchedModelService[tuple[np.ndarray, np.ndarray], np.ndarra
         timer = StageTimer()
         self.check_item_count("inputs", len(request.inputs))
         bundle, model = self.repository.current()
-        k = resolve_top_k(request.top_k, self.settings.default_top_k, len(bundle.labels))
+        k = resolve_top_k(request.top_k, self.settings.default_top_k, len(bundle.labels), request.all_classes)
         pairs = [(embedding_array(f"inputs[{i}].text_embedding", item.text_embedding, model.text_dim),
                   embedding_array(f"inputs[{i}].image_embedding", item.image_embedding, model.image_dim))
                  for i, item in enumerate(request.inputs)]

@@ -32,6 +32,10 @@ def open_channel(address: str, max_message_bytes: int) -> grpc.aio.Channel:
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.enable_retries", 0),  # retries are ours: once, on UNAVAILABLE, within the deadline
+        # A restarted pod is back within a second, not after gRPC's default backoff of up to 120 s.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ])
 
 

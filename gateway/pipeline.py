@@ -89,12 +89,10 @@ def _caller_error(error: CallerError, positions: list[int]) -> InvalidInput:
 
 
 class ClassificationPipeline:
-    def __init__(self, stubs: Stubs, limits: Limits, policy: FusionPolicy, n_classes: int,
-                 retry_backoff_s: float):
+    def __init__(self, stubs: Stubs, limits: Limits, policy: FusionPolicy, retry_backoff_s: float):
         self.stubs = stubs
         self.limits = limits
         self.policy = policy
-        self.n_classes = n_classes
         self.retry_backoff_s = retry_backoff_s
 
     async def _stage(self, stage: str, method, request, positions: list[int], deadline: float) -> StageOutcome:
@@ -115,10 +113,10 @@ class ClassificationPipeline:
         validate(products, self.limits)
         text_positions = [i for i, p in enumerate(products) if has_text(p)]
         image_positions = [i for i, p in enumerate(products) if p.image]
-        text_request = text_pb2.EncodeTextRequest(top_k=self.n_classes, texts=[
+        text_request = text_pb2.EncodeTextRequest(all_classes=True, texts=[
             text_pb2.TextInput(designation=products[i].designation, description=products[i].description)
             for i in text_positions])
-        image_request = image_pb2.EncodeImageRequest(top_k=self.n_classes, images=[
+        image_request = image_pb2.EncodeImageRequest(all_classes=True, images=[
             image_pb2.ImageInput(data=products[i].image) for i in image_positions])
         text_outcome, image_outcome = await asyncio.gather(
             self._stage(TEXT, self.stubs.text.Encode, text_request, text_positions, deadline),
@@ -153,14 +151,13 @@ class ClassificationPipeline:
         timings = [common_pb2.StageTiming(stage=stage.stage, seconds=stage.seconds)
                    for stage in (text_outcome, image_outcome, fusion_outcome) if stage.called]
         timings.append(common_pb2.StageTiming(stage="total", seconds=total))
-        k = min(top_k, self.n_classes)
         results = []
         for i, (product, answer) in enumerate(zip(products, answers)):
             for label in answer.reason_labels:
                 metrics.DEGRADED.labels(label).inc()
             metrics.ANSWERS.labels("+".join(common_pb2.Modality.Name(m)[9:].lower() for m in answer.modalities)).inc()
             results.append(classifier_pb2.Classification(
-                id=product.id, top_k=answer.scores.top_k(k), modalities=answer.modalities,
+                id=product.id, top_k=answer.scores.top_k(top_k), modalities=answer.modalities,
                 degraded=bool(answer.reasons), degraded_reason="; ".join(answer.reasons),
                 language=texts[i].language if i in texts else "", models=models, timings=timings))
         return results
@@ -172,7 +169,7 @@ class ClassificationPipeline:
             return StageOutcome(FUSION)
         outcome = StageOutcome(FUSION)
         if self.policy.mode == "head":
-            request = fusion_pb2.FuseRequest(top_k=self.n_classes, inputs=[
+            request = fusion_pb2.FuseRequest(all_classes=True, inputs=[
                 fusion_pb2.FusionInput(text_embedding=texts[i].embedding, image_embedding=images[i].embedding)
                 for i in paired])
             outcome = await self._stage(FUSION, self.stubs.fusion.Fuse, request, paired, deadline)

@@ -60,7 +60,7 @@ class Gateway(classifier_pb2_grpc.ProductClassifierServicer):
                   fusion_pb2_grpc.FusionStub(fusion)),
             Limits(s.max_products_per_request, s.max_designation_chars, s.max_description_chars,
                    s.max_image_bytes),
-            FusionPolicy(s.fusion_mode, s.late_fusion_text_weight), s.n_classes, s.retry_backoff_ms / 1000.0)
+            FusionPolicy(s.fusion_mode, s.late_fusion_text_weight), s.retry_backoff_ms / 1000.0)
 
     async def stop(self) -> None:
         for channel in self._channels:

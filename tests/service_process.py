@@ -37,10 +37,17 @@ class ServiceProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> "ServiceProcess":
-        log = self.log_path.open("wb")
+        return self.launch().wait_serving(timeout)
+
+    def launch(self) -> "ServiceProcess":
+        """Start the process without waiting (start several, then wait for each)."""
+        log = self.log_path.open("ab")
         self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args], cwd=PROJECT_ROOT,
                                         env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.channel = grpc.insecure_channel(self.address)
+        return self
+
+    def wait_serving(self, timeout: float = 120.0) -> "ServiceProcess":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -64,6 +71,12 @@ class ServiceProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no drain."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, as Kubernetes does; returns the exit code."""

@@ -55,7 +55,7 @@ class TextService(BatchedModelService[str, TextPrediction], text_pb2_grpc.TextEn
             check_product_text(f"texts[{index}]", text.designation, text.description,
                                self.settings.max_designation_chars, self.settings.max_description_chars)
         bundle, _ = self.repository.current()
-        k = resolve_top_k(request.top_k, self.settings.default_top_k, len(bundle.labels))
+        k = resolve_top_k(request.top_k, self.settings.default_top_k, len(bundle.labels), request.all_classes)
         with timer.stage("preprocess"):
             prepared = await asyncio.get_running_loop().run_in_executor(
                 self._pipeline, self._preprocess_all, request.texts)

@@ -1,0 +1,1 @@
+"""Operating the system locally: the `make up` / `make down` / `make classify` stack."""
