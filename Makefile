@@ -13,10 +13,11 @@ INSTALLED := $(VENV)/.installed
 GENERATED := rakuten/v1/.generated
 
 .DEFAULT_GOAL := help
-.PHONY: help install protos test lock train-text eval-text serve-text clean
+.PHONY: help install protos test lock train-text eval-text train-image eval-image train-fusion eval-fusion \
+	train eval eval-e2e up down status classify serve-text bench-image clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(INSTALLED): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,8 +47,42 @@ train-text: $(GENERATED) ## train the text model on DATA, export a new bundle un
 eval-text: $(GENERATED) ## F1 of the served text bundle on split == val, report in reports/text
 	$(PY) -m training.evaluate_text --data $(RAKUTEN_DATA) --models $(MODELS) --report reports/text
 
+train-image: $(GENERATED) ## train the image head on DATA, export a new bundle under models/image
+	$(PY) -m training.train_image --data $(RAKUTEN_DATA) --models $(MODELS)
+
+eval-image: $(GENERATED) ## F1 of the served image bundle on split == val, report in reports/image
+	$(PY) -m training.evaluate_image --data $(RAKUTEN_DATA) --models $(MODELS) --report reports/image
+
+train-fusion: $(GENERATED) ## train the fusion head on the text and image bundles, export models/fusion
+	$(PY) -m training.train_fusion --data $(RAKUTEN_DATA) --models $(MODELS)
+
+eval-fusion: $(GENERATED) ## text, image, late fusion and fusion head on paired val products, one table
+	$(PY) -m training.evaluate_fusion --data $(RAKUTEN_DATA) --models $(MODELS) --report reports/fusion
+
+train: train-text train-image train-fusion ## train the three models in order
+
+eval: eval-text eval-image eval-fusion ## evaluate the three models
+
+up: $(GENERATED) ## start the four services locally with models/ (logs and pids in run/)
+	$(PY) -m ops.local_stack up --models $(MODELS)
+
+down: ## stop the local services
+	@test ! -x $(PY) || $(PY) -m ops.local_stack down
+
+status: $(GENERATED) ## show the local services' state
+	$(PY) -m ops.local_stack status
+
+classify: $(GENERATED) ## classify an example product through the local gateway
+	$(PY) -m ops.local_stack classify --data $(RAKUTEN_DATA)
+
+eval-e2e: $(GENERATED) ## every val product through the running gateway (make up first)
+	$(PY) -m training.evaluate_e2e --data $(RAKUTEN_DATA) --report reports/e2e
+
 serve-text: $(GENERATED) ## run text_service in the foreground (port 50052, metrics 9102)
 	$(PY) -m text_service --models-dir $(MODELS) --log-format text
+
+bench-image: $(GENERATED) ## image path throughput and latency: in process vs gRPC, batching on and off
+	$(PY) -m bench.bench_image --data $(RAKUTEN_DATA) --models $(MODELS)
 
 clean: ## remove generated code and caches (keeps .venv)
 	rm -rf rakuten .pytest_cache .cache

@@ -8,7 +8,7 @@ import pytest
 
 from common.model_bundle import Label
 from rakuten.v1 import fusion_pb2, fusion_pb2_grpc
-from tests.service_process import ServiceProcess
+from ops.service_process import ServiceProcess
 from training.fitting import FitConfig
 from training.fusion_model import FusionConfig, export_fusion_bundle, train_fusion_model
 
