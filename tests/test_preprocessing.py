@@ -66,3 +66,9 @@ def test_preprocess_handles_html_description_and_empty_input():
     result = pp.preprocess("Filtre pour piscine", "<p>Cartouche &eacute;l&eacute;gante</p>")
     assert result.text == "filtr piscin cartouch eleg"
     assert pp.preprocess("", "").text == ""
+
+
+def test_cleaned_view_keeps_digits_and_punctuation_for_character_ngrams():
+    result = pp.preprocess("Une table très jolie!", "+Dimensions : 60&nbsp;x 33 <b>cm</b>")
+    assert result.cleaned == "une table tres jolie! +dimensions : 60 x 33 cm"
+    assert pp.clean("  A\tB\n  Été ") == "a b ete"
