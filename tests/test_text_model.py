@@ -1,0 +1,172 @@
+"""Text model, bundle export, report writer and the two CLIs, on synthetic data only.
+
+Classes are told apart by invented words, so a tiny model learns them in a few epochs; nothing
+here reads ../shared/rakuten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from common.model_bundle import read_bundle  # noqa: E402
+from training import evaluate_text, train_text  # noqa: E402
+from training.reports import CONFUSION_MATRIX_FILE, METRICS_FILE, REPORT_FILE, write_report  # noqa: E402
+from training.text_model import (EMBEDDING_LAYER, FitConfig, StudyBaselineConfig,  # noqa: E402
+                                 TextModelConfig, config_dict, early_stopping_split,
+                                 export_text_bundle, predict_probabilities, train_study_baseline,
+                                 train_text_model)
+
+CLASS_WORDS = [
+    ["zorblax", "quintrel", "vormiak", "glendup"],
+    ["plinduro", "brastoni", "kelvimor", "tazzune"],
+    ["okrumba", "ferlidax", "numbrolt", "wispato"],
+    ["yandrik", "moltazze", "crovinel", "bexturn"],
+]
+FILLER = ["produit", "qualite", "couleur", "livraison", "format", "modele"]
+CODES = [10, 40, 1280, 2583]
+NAMES = ["Classe un", "Classe deux", "Classe trois", "Classe quatre"]
+SMALL = TextModelConfig(word_vocabulary=500, char_vocabulary=300, embedding_dim=16,
+                        fit=FitConfig(learning_rate=1e-2, batch_size=16, max_epochs=25, seed=1))
+
+
+def synthetic_texts(rows: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """`rows` texts cycling over the classes: two class words among three filler words."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(rows) % len(CLASS_WORDS)
+    texts = [" ".join(rng.permutation(list(rng.choice(CLASS_WORDS[y], 2, replace=False))
+                                      + list(rng.choice(FILLER, 3)))) for y in labels]
+    return texts, labels
+
+
+@pytest.fixture(scope="module")
+def trained():
+    texts, labels = synthetic_texts(160, seed=0)
+    return train_text_model(texts, labels, len(CLASS_WORDS), SMALL)
+
+
+@pytest.fixture(scope="module")
+def bundle(trained, tmp_path_factory):
+    return export_text_bundle(
+        trained.model, tmp_path_factory.mktemp("models"), labels=list(zip(CODES, NAMES)),
+        training_data={"fingerprint": "synthetic", "rows_train": trained.rows_train,
+                       "rows_early_stopping": trained.rows_early_stopping},
+        metrics={"val_weighted_f1": 1.0, "val_macro_f1": 1.0, "val_rows": 40},
+        hyperparameters=config_dict(SMALL))
+
+
+def test_early_stopping_split_is_stratified_and_disjoint():
+    labels = np.repeat(np.arange(4), 25)
+    fit_rows, early_rows = early_stopping_split(labels, 0.1, seed=0)
+    assert not set(fit_rows) & set(early_rows)
+    assert len(fit_rows) + len(early_rows) == 100
+    assert sorted(np.unique(labels[early_rows])) == [0, 1, 2, 3]
+    assert np.array_equal(early_rows, early_stopping_split(labels, 0.1, seed=0)[1])
+
+
+def test_model_learns_synthetic_classes(trained):
+    texts, labels = synthetic_texts(40, seed=1)
+    predicted = predict_probabilities(trained.model, texts).argmax(axis=1)
+    assert (predicted == labels).mean() >= 0.9
+    assert trained.rows_train + trained.rows_early_stopping == 160
+    assert trained.model.get_layer(EMBEDDING_LAYER).units == 16
+    assert "val_loss" in trained.history
+
+
+def test_bundle_signature_serves_embedding_and_probabilities(trained, bundle):
+    signature = tf.saved_model.load(str(bundle.path)).signatures["serving_default"]
+    texts, _ = synthetic_texts(5, seed=2)
+    outputs = signature(text=tf.constant(texts))
+    assert outputs["embedding"].dtype == tf.float32
+    assert outputs["embedding"].shape == (5, 16)
+    probabilities = outputs["probabilities"].numpy()
+    assert probabilities.shape == (5, len(CLASS_WORDS))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probabilities, predict_probabilities(trained.model, texts), atol=1e-5)
+
+
+def test_bundle_metadata_has_required_fields(bundle):
+    metadata = read_bundle(bundle.path.parent.parent, "text").metadata
+    assert bundle.version == 1
+    assert metadata["labels"][0] == {"code": 10, "name": "Classe un"}
+    assert [label["code"] for label in metadata["labels"]] == CODES
+    assert metadata["inputs"]["text"]["dtype"] == "string"
+    assert metadata["inputs"]["text"]["shape"] == [-1]
+    assert metadata["outputs"]["embedding"] == {"dtype": "float32", "shape": [-1, 16]}
+    assert metadata["outputs"]["probabilities"]["shape"] == [-1, len(CODES)]
+    assert metadata["embedding_dim"] == 16
+    assert {"fingerprint", "rows_train", "rows_early_stopping"} <= set(metadata["training_data"])
+    assert {"val_weighted_f1", "val_macro_f1", "val_rows"} <= set(metadata["metrics"])
+    assert {"tensorflow", "keras"} <= set(metadata["framework"])
+    assert metadata["hyperparameters"]["embedding_dim"] == 16
+    assert {"name", "version", "created_at"} <= set(metadata)
+
+
+def test_study_baseline_trains():
+    texts, labels = synthetic_texts(120, seed=3)
+    config = StudyBaselineConfig(vocabulary=200, sequence_length=8, token_embedding_dim=8,
+                                 hidden_units=16, fit=FitConfig(learning_rate=1e-2, batch_size=16,
+                                                                max_epochs=25))
+    baseline = train_study_baseline(texts, labels, len(CLASS_WORDS), config)
+    probabilities = predict_probabilities(baseline.model, texts)
+    assert probabilities.shape == (120, len(CLASS_WORDS))
+    assert (probabilities.argmax(axis=1) == labels).mean() >= 0.8
+
+
+def test_report_writer_writes_table_matrix_and_metrics(tmp_path):
+    y_true = [10, 10, 40, 40, 1280, 2583]
+    y_pred = [10, 40, 40, 40, 1280, 10]
+    scores = write_report(tmp_path / "report", "Synthetic", "model", y_true, y_pred,
+                          list(zip(CODES, NAMES)), baselines=[("always 10", [10] * 6)])
+    report = (tmp_path / "report" / REPORT_FILE).read_text(encoding="utf-8")
+    assert "| code | category | support | precision | recall | F1 |" in report
+    assert "| 40 | Classe deux | 2 | 0.67 | 1.00 | 0.80 |" in report
+    assert "| always 10 |" in report
+    assert (tmp_path / "report" / CONFUSION_MATRIX_FILE).read_bytes().startswith(b"\x89PNG")
+    metrics = json.loads((tmp_path / "report" / METRICS_FILE).read_text(encoding="utf-8"))
+    assert metrics["weighted_f1"] == pytest.approx(scores.weighted)
+    assert metrics["rows"] == 6
+    assert set(metrics["baselines"]) == {"always 10"}
+    assert [row["code"] for row in metrics["per_class"]] == CODES
+
+
+def write_synthetic_data_folder(root, rows_per_class: int = 30) -> None:
+    """The challenge layout (catalog, X_train, categories) filled with invented products."""
+    texts, labels = synthetic_texts(rows_per_class * len(CODES), seed=4)
+    index = np.arange(len(texts)) + 1000
+    split = np.where(np.arange(len(texts)) % 5 == 0, "val", "train")
+    pd.DataFrame({"index": index, "productid": index, "imageid": index,
+                  "prdtypecode": np.asarray(CODES)[labels], "has_text": True, "has_image": False,
+                  "split": split}).to_csv(root / "catalog.csv", index=False)
+    pd.DataFrame({"index": index, "designation": [t.split(" ", 2)[0] for t in texts],
+                  "description": [f"<p>{t}</p>" for t in texts], "productid": index,
+                  "imageid": index}).to_csv(root / "X_train.csv", index=False)
+    pd.DataFrame({"prdtypecode": CODES, "name": NAMES}).to_csv(root / "categories.csv", index=False)
+
+
+def test_train_and_evaluate_clis_end_to_end(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_synthetic_data_folder(data)
+    monkeypatch.setattr(train_text, "CACHE_DIR", tmp_path / "cache")
+    models, report = tmp_path / "models", tmp_path / "report"
+
+    assert train_text.main(["--data", str(data), "--models", str(models), "--epochs", "15",
+                            "--word-vocabulary", "300", "--embedding-dim", "16", "--verbose", "0"]) == 0
+    assert len(list((tmp_path / "cache").glob("text-preprocessed-*.csv"))) == 1
+    assert "text model  weighted F1" in capsys.readouterr().out
+    metadata = read_bundle(models, "text").metadata
+    assert metadata["training_data"]["rows_train"] + metadata["training_data"]["rows_early_stopping"] == 96
+
+    assert evaluate_text.main(["--data", str(data), "--models", str(models), "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "text model  weighted F1" in out and "(n=24)" in out
+    assert "logistic regression  weighted F1" in out
+    assert {REPORT_FILE, CONFUSION_MATRIX_FILE, METRICS_FILE} <= {p.name for p in report.iterdir()}

@@ -1,0 +1,134 @@
+"""`make eval-text`: judge the latest text bundle on split == val, against baselines, and report.
+
+    python -m training.evaluate_text [--data PATH] [--models models] [--report reports/text]
+
+The bundle is called exactly as serving calls it (SavedModel `serving_default` signature on
+`preprocess(...).text`), so the figures are those of the served model, not of the Keras object
+training had in memory. Baselines are trained here on split == train and measured on the same
+val rows: the study's Keras architecture, TF-IDF + logistic regression, and word + character
+TF-IDF with a linear SVM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import scipy.sparse
+import tensorflow as tf
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.svm import LinearSVC
+
+from common.model_bundle import bundle_size_bytes, read_bundle
+from training.data import PROJECT_ROOT, data_dir
+from training.reports import F1Scores, f1_scores, write_report
+from training.text_model import (INPUT_NAME, MODEL_NAME, SERVING_SIGNATURE, predict_probabilities,
+                                 train_study_baseline)
+from training.train_text import TextSplits, load_text_splits
+
+_SERVING_BATCH = 256
+
+
+def bundle_probabilities(bundle_path: Path, texts: list[str]) -> np.ndarray:
+    """Probabilities from the SavedModel signature, as the text service will compute them."""
+    signature = tf.saved_model.load(str(bundle_path)).signatures[SERVING_SIGNATURE]
+    batches = [signature(**{INPUT_NAME: tf.constant(texts[start:start + _SERVING_BATCH], dtype=tf.string)})
+               ["probabilities"].numpy() for start in range(0, len(texts), _SERVING_BATCH)]
+    return np.concatenate(batches)
+
+
+def study_baseline_predictions(splits: TextSplits) -> np.ndarray:
+    """The study's TextVectorization + Embedding + dense/dropout network, trained on train rows."""
+    trained = train_study_baseline(splits.train["text"].tolist(), splits.label_indices(splits.train),
+                                   len(splits.categories))
+    probabilities = predict_probabilities(trained.model, splits.val["text"].tolist())
+    return np.asarray(splits.codes)[probabilities.argmax(axis=1)]
+
+
+def tfidf_logistic_predictions(splits: TextSplits) -> np.ndarray:
+    """Word 1-2-gram sublinear TF-IDF with a multinomial logistic regression."""
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    classifier = LogisticRegression(C=20.0, max_iter=1000)
+    classifier.fit(vectorizer.fit_transform(splits.train["text"]), splits.train["prdtypecode"])
+    return classifier.predict(vectorizer.transform(splits.val["text"]))
+
+
+def tfidf_svm_predictions(splits: TextSplits) -> np.ndarray:
+    """Word 1-2-gram and character 2-5-gram sublinear TF-IDF with a linear SVM."""
+    vectorizers = [TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+                   TfidfVectorizer(analyzer="char", ngram_range=(2, 5), sublinear_tf=True)]
+    train = scipy.sparse.hstack([v.fit_transform(splits.train["text"]) for v in vectorizers]).tocsr()
+    val = scipy.sparse.hstack([v.transform(splits.val["text"]) for v in vectorizers]).tocsr()
+    return LinearSVC(C=1.0).fit(train, splits.train["prdtypecode"]).predict(val)
+
+
+BASELINES: dict[str, Callable[[TextSplits], np.ndarray]] = {
+    "study architecture (TextVectorization + Embedding + dense/dropout)": study_baseline_predictions,
+    "TF-IDF word 1-2-grams + logistic regression": tfidf_logistic_predictions,
+    "TF-IDF word 1-2 + char 2-5-grams + linear SVM": tfidf_svm_predictions,
+}
+
+
+def _line(name: str, scores: F1Scores) -> str:
+    return f"{name}  weighted F1 {scores.weighted:.4f}  macro F1 {scores.macro:.4f}  (n={scores.rows})"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="data folder (default: $RAKUTEN_DATA or ../shared/rakuten)")
+    parser.add_argument("--models", type=Path, default=PROJECT_ROOT / "models")
+    parser.add_argument("--report", type=Path, default=PROJECT_ROOT / "reports" / "text")
+    parser.add_argument("--version", type=int, help="bundle version (default: the latest)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    root = data_dir(args.data)
+    splits = load_text_splits(root)
+    bundle = read_bundle(args.models, MODEL_NAME, args.version)
+    bundle_codes = [label.code for label in bundle.labels]
+    if bundle_codes != splits.codes:
+        raise SystemExit(f"bundle {bundle.path} labels {bundle_codes} differ from the data's categories")
+
+    y_true = splits.val["prdtypecode"].to_numpy()
+    probabilities = bundle_probabilities(bundle.path, splits.val["text"].tolist())
+    y_pred = np.asarray(bundle_codes)[probabilities.argmax(axis=1)]
+    print(_line("text model", f1_scores(y_true, y_pred, splits.codes)), flush=True)
+
+    baselines = []
+    for name, predict in BASELINES.items():
+        start = time.perf_counter()
+        predictions = predict(splits)
+        print(_line(name, f1_scores(y_true, predictions, splits.codes))
+              + f"  [{time.perf_counter() - start:.0f} s]", flush=True)
+        baselines.append((name, predictions))
+
+    size = bundle_size_bytes(bundle.path)
+    write_report(
+        args.report,
+        title="Text model: evaluation on split == val",
+        model_name=f"text model v{bundle.version}",
+        y_true=y_true,
+        y_pred=y_pred,
+        categories=[(c.code, c.name) for c in splits.categories],
+        baselines=baselines,
+        notes=[f"- bundle: `models/{MODEL_NAME}/{bundle.version}` ({size / 1e6:.2f} MB), "
+               f"created {bundle.metadata.get('created_at', '?')}",
+               f"- data fingerprint: `{bundle.metadata['training_data']['fingerprint'][:16]}…`; "
+               f"trained on split == train ({bundle.metadata['training_data']['rows_train']} rows "
+               f"+ {bundle.metadata['training_data']['rows_early_stopping']} early-stopping rows), "
+               f"evaluated on split == val through the `{SERVING_SIGNATURE}` signature",
+               "- baselines are trained on split == train and evaluated on the same val rows"],
+    )
+    print(f"report written to {args.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Evaluation reports shared by the text, image and fusion models.
+
+One call writes `<report_dir>/report.md` (headline F1 figures, a per-class table in the study's
+form, a baseline table), `confusion_matrix.png` (row-normalised) and `metrics.json`, so that every
+model is judged by the same figures computed the same way (scikit-learn, weighted and macro F1).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support  # noqa: E402
+
+REPORT_FILE = "report.md"
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class F1Scores:
+    weighted: float
+    macro: float
+    rows: int
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    code: int
+    name: str
+    support: int
+    precision: float
+    recall: float
+    f1: float
+
+
+def f1_scores(y_true: Sequence[int], y_pred: Sequence[int], codes: Sequence[int]) -> F1Scores:
+    """Weighted and macro F1 over all `codes` (a class never predicted counts as F1 0)."""
+    kwargs = {"labels": list(codes), "zero_division": 0}
+    return F1Scores(
+        weighted=float(f1_score(y_true, y_pred, average="weighted", **kwargs)),
+        macro=float(f1_score(y_true, y_pred, average="macro", **kwargs)),
+        rows=len(y_true),
+    )
+
+
+def per_class_scores(y_true: Sequence[int], y_pred: Sequence[int],
+                     categories: Sequence[tuple[int, str]]) -> list[ClassScores]:
+    """Precision, recall, F1 and support for each (code, name), in the given order."""
+    codes = [code for code, _ in categories]
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=codes, zero_division=0)
+    return [ClassScores(code, name, int(s), float(p), float(r), float(f))
+            for (code, name), p, r, f, s in zip(categories, precision, recall, f1, support)]
+
+
+def plot_confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], codes: Sequence[int],
+                          path: Path, title: str) -> None:
+    """Row-normalised matrix (each true class sums to 1), so rare classes stay readable."""
+    counts = confusion_matrix(y_true, y_pred, labels=list(codes)).astype(float)
+    totals = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    size = max(6.0, 0.4 * len(codes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
+    ticks = np.arange(len(codes))
+    ax.set_xticks(ticks, [str(c) for c in codes], rotation=90, fontsize=8)
+    ax.set_yticks(ticks, [str(c) for c in codes], fontsize=8)
+    ax.set_xlabel("predicted prdtypecode")
+    ax.set_ylabel("true prdtypecode")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _baseline_table(scores: dict[str, F1Scores]) -> list[str]:
+    lines = ["| model | weighted F1 | macro F1 | rows |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {s.weighted:.4f} | {s.macro:.4f} | {s.rows} |" for name, s in scores.items()]
+    return lines
+
+
+def _class_table(classes: list[ClassScores]) -> list[str]:
+    lines = ["| code | category | support | precision | recall | F1 |",
+             "|---:|---|---:|---:|---:|---:|"]
+    lines += [f"| {c.code} | {c.name} | {c.support} | {c.precision:.2f} | {c.recall:.2f} | {c.f1:.2f} |"
+              for c in classes]
+    return lines
+
+
+def write_report(
+    report_dir: str | Path,
+    title: str,
+    model_name: str,
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    categories: Sequence[tuple[int, str]],
+    baselines: Sequence[tuple[str, Sequence[int]]] = (),
+    notes: Sequence[str] = (),
+) -> F1Scores:
+    """Write report.md, confusion_matrix.png and metrics.json for one model and its baselines.
+
+    `y_true`, `y_pred` and each baseline's predictions are product type codes on the same rows;
+    `categories` lists every (code, name) to report, in table order. `notes` are free lines
+    (data split, bundle version...) printed under the title. Returns the model's scores.
+    """
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    codes = [code for code, _ in categories]
+    model_scores = f1_scores(y_true, y_pred, codes)
+    all_scores = {model_name: model_scores}
+    for name, predictions in baselines:
+        if len(predictions) != len(y_true):
+            raise ValueError(f"baseline {name!r} has {len(predictions)} predictions for {len(y_true)} rows")
+        all_scores[name] = f1_scores(y_true, predictions, codes)
+    classes = per_class_scores(y_true, y_pred, categories)
+
+    plot_confusion_matrix(y_true, y_pred, codes, report_dir / CONFUSION_MATRIX_FILE,
+                          f"{model_name}: confusion matrix (row-normalised)")
+    lines = [f"# {title}", "", *notes, "" if notes else None,
+             f"**{model_name}**: weighted F1 **{model_scores.weighted:.4f}**, "
+             f"macro F1 **{model_scores.macro:.4f}** on {model_scores.rows} rows.", "",
+             "## Model and baselines", "", *_baseline_table(all_scores), "",
+             f"## Per class ({model_name})", "", *_class_table(classes), "",
+             "## Confusion matrix", "", f"![confusion matrix]({CONFUSION_MATRIX_FILE})", ""]
+    (report_dir / REPORT_FILE).write_text(
+        "\n".join(line for line in lines if line is not None), encoding="utf-8")
+    metrics = {
+        "model": model_name,
+        "weighted_f1": model_scores.weighted,
+        "macro_f1": model_scores.macro,
+        "rows": model_scores.rows,
+        "baselines": {name: {"weighted_f1": s.weighted, "macro_f1": s.macro, "rows": s.rows}
+                      for name, s in all_scores.items() if name != model_name},
+        "per_class": [c.__dict__ for c in classes],
+    }
+    (report_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n",
+                                           encoding="utf-8")
+    return model_scores
