@@ -1,0 +1,77 @@
+"""ImageEncoder over gRPC: decode in a thread pool, batch the model call across requests, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+
+import numpy as np
+from pydantic import Field
+
+from common.model_service import BatchedModelService, served_version
+from common.scores import resolve_top_k, top_k_scores
+from common.settings import ModelServiceSettings
+from common.timing import StageTimer
+from image_service.model import ImageModel, ImagePrediction
+from image_service.preprocessing import ImageLimits, prepare_image
+from rakuten.v1 import image_pb2, image_pb2_grpc
+
+SERVICE_NAME = image_pb2.DESCRIPTOR.services_by_name["ImageEncoder"].full_name
+
+
+class ImageServiceSettings(ModelServiceSettings):
+    port: int = Field(50053, ge=0, le=65535, description="gRPC port (0: pick a free one)")
+    metrics_port: int = Field(9103, ge=0, le=65535, description="Prometheus /metrics port (0: pick a free one)")
+    model_name: str = Field("image", description="bundle folder under models_dir")
+    max_items_per_request: int = Field(64, ge=1, description="most images in one call")
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest encoded image accepted")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="largest width x height accepted (bomb guard)")
+    min_image_side: int = Field(8, ge=1, description="smallest width or height accepted")
+    decode_threads: int = Field(2, ge=1, description="threads decoding and resizing images")
+
+
+class ImageService(BatchedModelService[np.ndarray, ImagePrediction], image_pb2_grpc.ImageEncoderServicer):
+    domain_service_names = (SERVICE_NAME,)
+
+    def __init__(self, settings: ImageServiceSettings):
+        super().__init__(settings, ImageModel)
+        self.settings: ImageServiceSettings = settings
+        self.limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                                  min_side=settings.min_image_side)
+        self._decoders = concurrent.futures.ThreadPoolExecutor(settings.decode_threads,
+                                                               thread_name_prefix="image-decode")
+
+    def register(self, server) -> None:
+        super().register(server)
+        image_pb2_grpc.add_ImageEncoderServicer_to_server(self, server)
+
+    async def stop(self) -> None:
+        await super().stop()
+        self._decoders.shutdown(wait=False, cancel_futures=True)
+
+    async def _prepare_all(self, images) -> list[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        size = self.repository.current()[1].input_shape[0]
+        return list(await asyncio.gather(*(
+            loop.run_in_executor(self._decoders, prepare_image, image.data, f"images[{index}].data",
+                                 self.limits, size)
+            for index, image in enumerate(images))))
+
+    async def Encode(self, request: image_pb2.EncodeImageRequest, context) -> image_pb2.EncodeImageResponse:
+        timer = StageTimer()
+        self.check_item_count("images", len(request.images))
+        bundle, _ = self.repository.current()
+        k = resolve_top_k(request.top_k, self.settings.default_top_k, len(bundle.labels), request.all_classes)
+        with timer.stage("decode"):
+            prepared = await self._prepare_all(request.images)
+        with timer.stage("model"):
+            outputs = await self.predict(prepared)
+        response = image_pb2.EncodeImageResponse()
+        for used, prediction in outputs:
+            result = response.results.add()
+            result.top_k.extend(top_k_scores(prediction.probabilities, used.labels, k))
+            if not request.omit_embedding:
+                result.embedding.extend(prediction.embedding.tolist())
+        response.model.CopyFrom(served_version(outputs))
+        response.timings.extend(timer.protos())
+        return response
