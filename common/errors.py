@@ -47,3 +47,9 @@ class Unavailable(ServiceError):
     """The backends needed to answer are down or failing; the message says which and why."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(ServiceError):
+    """The caller's deadline left too little time to answer."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

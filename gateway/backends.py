@@ -56,6 +56,7 @@ class StageOutcome:
     response: Any = None
     failure: str = ""
     seconds: float = 0.0
+    timed_out: bool = False  # the failure is the deadline's, not the backend's
 
     @property
     def ok(self) -> bool:
@@ -75,7 +76,7 @@ async def call_stage(stage: str, method: Callable[..., Awaitable[Any]], request:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return StageOutcome(stage, failure=f"{stage}: no time left before the deadline",
-                                seconds=time.monotonic() - started)
+                                seconds=time.monotonic() - started, timed_out=True)
         try:
             response = await method(request, timeout=remaining)
             return StageOutcome(stage, response=response, seconds=time.monotonic() - started)
@@ -88,4 +89,5 @@ async def call_stage(stage: str, method: Callable[..., Awaitable[Any]], request:
                 await asyncio.sleep(retry_backoff_s)
                 continue
             return StageOutcome(stage, failure=f"{stage}: {code.name}: {error.details()}",
-                                seconds=time.monotonic() - started)
+                                seconds=time.monotonic() - started,
+                                timed_out=code == grpc.StatusCode.DEADLINE_EXCEEDED)

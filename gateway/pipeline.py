@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from common.errors import InvalidInput, TooLarge, Unavailable
+from common.errors import DeadlineExceeded, InvalidInput, TooLarge, Unavailable
 from gateway import metrics
 from gateway.backends import CallerError, StageOutcome, call_stage
 from gateway.fusion import ScoreVector, late_fusion
@@ -142,8 +142,10 @@ class ClassificationPipeline:
                 answer.reason_labels.append("image_failed")
         unanswered = [i for i, a in enumerate(answers) if a.scores is None]
         if unanswered:
-            raise Unavailable("; ".join(f"products[{i}]: no modality could answer: {', '.join(answers[i].reasons)}"
-                                        for i in unanswered))
+            message = "; ".join(f"products[{i}]: no modality could answer: {', '.join(answers[i].reasons)}"
+                                for i in unanswered)
+            failed = [o for o in (text_outcome, image_outcome) if o.called and not o.ok]
+            raise (DeadlineExceeded if all(o.timed_out for o in failed) else Unavailable)(message)
 
         models = [stage.response.model for stage in (text_outcome, image_outcome, fusion_outcome) if stage.ok]
         total = time.monotonic() - started

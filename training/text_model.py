@@ -286,6 +286,13 @@ def predict_probabilities(model: keras.Model, texts: Sequence[str]) -> np.ndarra
     return model.predict(data, verbose=0)
 
 
+def predict_embeddings(model: keras.Model, texts: Sequence[str]) -> np.ndarray:
+    """The "embedding" layer's output [n, D] for preprocessed texts: what fusion is trained on."""
+    embedder = keras.Model(model.input, model.get_layer(EMBEDDING_LAYER).output)
+    data = tf.data.Dataset.from_tensor_slices(np.asarray(texts, dtype=object)).batch(_FEATURE_BATCH)
+    return embedder.predict(data, verbose=0)
+
+
 def export_text_bundle(
     model: keras.Model,
     models_root: str | Path,
