@@ -6,6 +6,7 @@ A subclass adds its gRPC servicer and the domain steps around `predict`.
 
 from __future__ import annotations
 
+import concurrent.futures
 from typing import Callable, Generic, Protocol, Sequence, TypeVar
 
 import grpc
@@ -37,9 +38,15 @@ class BatchedModelService(Generic[In, Out]):
 
     #: The domain gRPC service names; TF Serving's is added by `service_names`.
     domain_service_names: Sequence[str] = ()
+    #: The generated `add_<Service>Servicer_to_server` that registers the subclass.
+    add_servicer: Callable[[object, grpc.aio.Server], None] | None = None
 
-    def __init__(self, settings: ModelServiceSettings, loader: Callable[[BundleInfo], BatchModel[In, Out]]):
+    def __init__(self, settings: ModelServiceSettings, loader: Callable[[BundleInfo], BatchModel[In, Out]],
+                 worker_threads: int = 0, worker_name: str = "worker"):
         self.settings = settings
+        #: Threads for the per-item work before the model (text pipeline, image decoding).
+        self.workers = (concurrent.futures.ThreadPoolExecutor(worker_threads, thread_name_prefix=worker_name)
+                        if worker_threads else None)
         self.repository: ModelRepository[BatchModel[In, Out]] = ModelRepository(
             settings.models_dir, settings.model_name, loader, settings.model_poll_seconds)
         self.batcher: DynamicBatcher[In, tuple[BundleInfo, Out]] = DynamicBatcher(
@@ -53,6 +60,8 @@ class BatchedModelService(Generic[In, Out]):
     def register(self, server: grpc.aio.Server) -> None:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             tf_serving.PredictionServicer(self.repository, self.settings.max_items_per_request), server)
+        if self.add_servicer is not None:
+            type(self).add_servicer(self, server)
 
     async def start(self) -> None:
         await self.repository.load_latest()
@@ -62,6 +71,8 @@ class BatchedModelService(Generic[In, Out]):
     async def stop(self) -> None:
         await self.repository.stop()
         await self.batcher.stop()
+        if self.workers is not None:
+            self.workers.shutdown(wait=False, cancel_futures=True)
 
     def _run_batch(self, items: list[In]) -> list[tuple[BundleInfo, Out]]:
         bundle, model = self.repository.current()

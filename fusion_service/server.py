@@ -34,13 +34,10 @@ def embedding_array(field: str, values, expected: int) -> np.ndarray:
 
 class FusionService(BatchedModelService[tuple[np.ndarray, np.ndarray], np.ndarray], fusion_pb2_grpc.FusionServicer):
     domain_service_names = (SERVICE_NAME,)
+    add_servicer = staticmethod(fusion_pb2_grpc.add_FusionServicer_to_server)
 
     def __init__(self, settings: FusionServiceSettings):
         super().__init__(settings, FusionModel)
-
-    def register(self, server) -> None:
-        super().register(server)
-        fusion_pb2_grpc.add_FusionServicer_to_server(self, server)
 
     async def Fuse(self, request: fusion_pb2.FuseRequest, context) -> fusion_pb2.FuseResponse:
         timer = StageTimer()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 
 import numpy as np
 from pydantic import Field
@@ -32,28 +31,19 @@ class ImageServiceSettings(ModelServiceSettings):
 
 class ImageService(BatchedModelService[np.ndarray, ImagePrediction], image_pb2_grpc.ImageEncoderServicer):
     domain_service_names = (SERVICE_NAME,)
+    add_servicer = staticmethod(image_pb2_grpc.add_ImageEncoderServicer_to_server)
 
     def __init__(self, settings: ImageServiceSettings):
-        super().__init__(settings, ImageModel)
+        super().__init__(settings, ImageModel, settings.decode_threads, "image-decode")
         self.settings: ImageServiceSettings = settings
         self.limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
                                   min_side=settings.min_image_side)
-        self._decoders = concurrent.futures.ThreadPoolExecutor(settings.decode_threads,
-                                                               thread_name_prefix="image-decode")
-
-    def register(self, server) -> None:
-        super().register(server)
-        image_pb2_grpc.add_ImageEncoderServicer_to_server(self, server)
-
-    async def stop(self) -> None:
-        await super().stop()
-        self._decoders.shutdown(wait=False, cancel_futures=True)
 
     async def _prepare_all(self, images) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
         size = self.repository.current()[1].input_shape[0]
         return list(await asyncio.gather(*(
-            loop.run_in_executor(self._decoders, prepare_image, image.data, f"images[{index}].data",
+            loop.run_in_executor(self.workers, prepare_image, image.data, f"images[{index}].data",
                                  self.limits, size)
             for index, image in enumerate(images))))
 

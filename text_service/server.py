@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 
 from pydantic import Field
 
@@ -30,20 +29,11 @@ class TextServiceSettings(ModelServiceSettings):
 
 class TextService(BatchedModelService[str, TextPrediction], text_pb2_grpc.TextEncoderServicer):
     domain_service_names = (SERVICE_NAME,)
+    add_servicer = staticmethod(text_pb2_grpc.add_TextEncoderServicer_to_server)
 
     def __init__(self, settings: TextServiceSettings):
-        super().__init__(settings, TextModel)
+        super().__init__(settings, TextModel, settings.preprocess_threads, "text-pipeline")
         self.settings: TextServiceSettings = settings
-        self._pipeline = concurrent.futures.ThreadPoolExecutor(settings.preprocess_threads,
-                                                               thread_name_prefix="text-pipeline")
-
-    def register(self, server) -> None:
-        super().register(server)
-        text_pb2_grpc.add_TextEncoderServicer_to_server(self, server)
-
-    async def stop(self) -> None:
-        await super().stop()
-        self._pipeline.shutdown(wait=False, cancel_futures=True)
 
     def _preprocess_all(self, texts) -> list[PreprocessedText]:
         return [preprocess(t.designation, t.description) for t in texts]
@@ -58,7 +48,7 @@ class TextService(BatchedModelService[str, TextPrediction], text_pb2_grpc.TextEn
         k = resolve_top_k(request.top_k, self.settings.default_top_k, len(bundle.labels), request.all_classes)
         with timer.stage("preprocess"):
             prepared = await asyncio.get_running_loop().run_in_executor(
-                self._pipeline, self._preprocess_all, request.texts)
+                self.workers, self._preprocess_all, request.texts)
         with timer.stage("model"):
             outputs = await self.predict([p.text for p in prepared])
         response = text_pb2.EncodeTextResponse()
