@@ -104,6 +104,50 @@ def test_extract_features_batches_images_through_the_backbone():
     assert not np.allclose(from_singles[0], from_singles[1])
 
 
+class CountingExtractor:
+    """Stands in for the backbone: a cheap deterministic 1280-d function of the pixels."""
+
+    batch_size = 2
+
+    def __init__(self):
+        self.images_seen = 0
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.images_seen += len(images)
+        means = images.reshape(len(images), -1, 3).mean(axis=1) / 255.0  # (N, 3)
+        return np.tile(means, (1, FEATURE_DIM // 3 + 1))[:, :FEATURE_DIM].astype(np.float32)
+
+
+def test_feature_cache_computes_once_and_keeps_views_apart(tmp_path):
+    from PIL import Image
+
+    paths = {}
+    for i, image in enumerate(synthetic_images(3)):
+        paths[100 + i] = str(tmp_path / f"image_{i}.jpg")
+        Image.fromarray(image).save(paths[100 + i], quality=95)
+    cache_dir = tmp_path / "cache"
+    extractor = CountingExtractor()
+    cache = im.FeatureCache("data-key", paths, cache_dir, extractor=extractor, chunk=2, verbose=False)
+
+    plain = cache.features(im.View("plain"), [102, 100, 101])
+    assert plain.shape == (3, FEATURE_DIM) and plain.dtype == np.float32
+    assert extractor.images_seen == 3
+    assert (cache_dir / ".gitignore").read_text() == "*\n"
+    again = im.FeatureCache("data-key", paths, cache_dir, extractor=extractor, verbose=False)
+    np.testing.assert_array_equal(again.features(im.View("plain"), [102, 100, 101]), plain)
+    assert extractor.images_seen == 3  # read from the cache
+
+    # An augmented image's view depends on (seed, its id), not on the chunk it was computed in.
+    view = im.View("augment", seed=5)
+    one_by_one = np.concatenate([
+        im.FeatureCache("other-key", paths, tmp_path / "c2", extractor=extractor, verbose=False)
+        .features(view, [i]) for i in (100, 101, 102)])
+    together = cache.features(view, [100, 101, 102])
+    np.testing.assert_allclose(one_by_one, together, atol=1e-6)
+    assert not np.allclose(together, plain[[1, 2, 0]])
+    assert not np.allclose(cache.features(im.View("augment", seed=6), [100, 101, 102]), together)
+
+
 # -- the head ---------------------------------------------------------------------------------------
 
 def test_head_learns_separable_clusters(trained_head):

