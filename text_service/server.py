@@ -50,7 +50,7 @@ class TextService(BatchedModelService[str, TextPrediction], text_pb2_grpc.TextEn
             prepared = await asyncio.get_running_loop().run_in_executor(
                 self.workers, self._preprocess_all, request.texts)
         with timer.stage("model"):
-            outputs = await self.predict([p.text for p in prepared])
+            outputs = await self.predict(prepared)
         response = text_pb2.EncodeTextResponse()
         for prep, (used, prediction) in zip(prepared, outputs):
             result = response.results.add(language=prep.language, normalized_text=prep.text)

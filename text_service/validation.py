@@ -6,9 +6,11 @@ import re
 
 from common.errors import InvalidInput, TooLarge
 
-# C0 and C1 control characters except tab, line feed and carriage return, which real
-# descriptions contain.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# C0 control characters and DEL, except tab, line feed and carriage return, which real
+# descriptions contain. C1 controls (U+0080-U+009F) are accepted: 14 catalogue products hold
+# them, Windows-1252 punctuation decoded as Latin-1 (U+0096 is an en dash there), and the
+# pipeline drops them with the other non-alphanumerics.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def check_text_field(field: str, value: str, max_chars: int) -> None:

@@ -2,11 +2,13 @@
 
     python -m training.evaluate_text [--data PATH] [--models models] [--report reports/text]
 
-The bundle is called exactly as serving calls it (SavedModel `serving_default` signature on
-`preprocess(...).text`), so the figures are those of the served model, not of the Keras object
-training had in memory. Baselines are trained here on split == train and measured on the same
-val rows: the study's Keras architecture, TF-IDF + logistic regression, and word + character
-TF-IDF with a linear SVM.
+The bundle is called exactly as serving calls it (SavedModel `serving_default` signature fed
+`preprocess(...).text` and `preprocess(...).cleaned`), so the figures are those of the served
+model, not of the Keras object training had in memory. Baselines are trained here on
+split == train and measured on the same val rows: the study's Keras architecture, TF-IDF +
+logistic regression, word + character TF-IDF with a linear SVM on the normalised text, and the
+same SVM on the two views the model reads (normalised words, character n-grams of the cleaned
+text).
 """
 
 from __future__ import annotations
@@ -27,18 +29,24 @@ from sklearn.svm import LinearSVC
 from common.model_bundle import bundle_size_bytes, read_bundle
 from training.data import PROJECT_ROOT, data_dir
 from training.reports import F1Scores, f1_scores, write_report
-from training.text_model import (INPUT_NAME, MODEL_NAME, SERVING_SIGNATURE, predict_probabilities,
-                                 train_study_baseline)
+from training.text_model import (INPUT_NAMES, MODEL_NAME, SERVING_SIGNATURE, predict_probabilities,
+                                 text_inputs, train_study_baseline)
 from training.train_text import TextSplits, load_text_splits
 
 _SERVING_BATCH = 256
 
 
-def bundle_probabilities(bundle_path: Path, texts: list[str]) -> np.ndarray:
-    """Probabilities from the SavedModel signature, as the text service will compute them."""
+def bundle_probabilities(bundle_path: Path, rows) -> np.ndarray:
+    """Probabilities from the SavedModel signature, as the text service computes them.
+
+    `rows`: `PreprocessedText` objects or a frame with the `text` and `cleaned` columns.
+    """
     signature = tf.saved_model.load(str(bundle_path)).signatures[SERVING_SIGNATURE]
-    batches = [signature(**{INPUT_NAME: tf.constant(texts[start:start + _SERVING_BATCH], dtype=tf.string)})
-               ["probabilities"].numpy() for start in range(0, len(texts), _SERVING_BATCH)]
+    arrays = text_inputs(rows)
+    count = len(arrays[INPUT_NAMES[0]])
+    batches = [signature(**{name: tf.constant(arrays[name][start:start + _SERVING_BATCH], dtype=tf.string)
+                            for name in INPUT_NAMES})["probabilities"].numpy()
+               for start in range(0, count, _SERVING_BATCH)]
     return np.concatenate(batches)
 
 
@@ -67,10 +75,23 @@ def tfidf_svm_predictions(splits: TextSplits) -> np.ndarray:
     return LinearSVC(C=1.0).fit(train, splits.train["prdtypecode"]).predict(val)
 
 
+def two_view_svm_predictions(splits: TextSplits) -> np.ndarray:
+    """The model's two views with a linear SVM: word 1-2-grams of the normalised text and
+    character 2-5-grams within words (`char_wb`) of the cleaned text, sublinear TF-IDF, no
+    vocabulary cap."""
+    words = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, token_pattern=r"\S+")
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, lowercase=False)
+    train = scipy.sparse.hstack([words.fit_transform(splits.train["text"]),
+                                 chars.fit_transform(splits.train["cleaned"])]).tocsr()
+    val = scipy.sparse.hstack([words.transform(splits.val["text"]), chars.transform(splits.val["cleaned"])]).tocsr()
+    return LinearSVC(C=0.5).fit(train, splits.train["prdtypecode"]).predict(val)
+
+
 BASELINES: dict[str, Callable[[TextSplits], np.ndarray]] = {
     "study architecture (TextVectorization + Embedding + dense/dropout)": study_baseline_predictions,
     "TF-IDF word 1-2-grams + logistic regression": tfidf_logistic_predictions,
     "TF-IDF word 1-2 + char 2-5-grams + linear SVM": tfidf_svm_predictions,
+    "TF-IDF normalised words 1-2 + cleaned char_wb 2-5-grams + linear SVM": two_view_svm_predictions,
 }
 
 
@@ -97,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"bundle {bundle.path} labels {bundle_codes} differ from the data's categories")
 
     y_true = splits.val["prdtypecode"].to_numpy()
-    probabilities = bundle_probabilities(bundle.path, splits.val["text"].tolist())
+    probabilities = bundle_probabilities(bundle.path, splits.val)
     y_pred = np.asarray(bundle_codes)[probabilities.argmax(axis=1)]
     print(_line("text model", f1_scores(y_true, y_pred, splits.codes)), flush=True)
 
@@ -123,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                f"- data fingerprint: `{bundle.metadata['training_data']['fingerprint'][:16]}…`; "
                f"trained on split == train ({bundle.metadata['training_data']['rows_train']} rows "
                f"+ {bundle.metadata['training_data']['rows_early_stopping']} early-stopping rows), "
-               f"evaluated on split == val through the `{SERVING_SIGNATURE}` signature",
+               f"evaluated on split == val through the `{SERVING_SIGNATURE}` signature "
+               f"(inputs {', '.join(f'`{name}`' for name in INPUT_NAMES)})",
                "- baselines are trained on split == train and evaluated on the same val rows"],
     )
     print(f"report written to {args.report}")

@@ -41,6 +41,8 @@ def export_bundle(
     `metadata` adds the model's own fields (training_data, metrics, hyperparameters, ...).
     """
     names = [spec.name for spec in inputs]
+    if not all(names) or len(set(names)) != len(names):
+        raise ValueError(f"every input needs a distinct name, got {names}")
 
     @tf.function(input_signature=list(inputs))
     def serve(*tensors):
@@ -49,10 +51,12 @@ def export_bundle(
         return {key: tf.cast(value, tf.float32) for key, value in outputs.items()}
 
     def export(folder: Path) -> None:
-        archive = keras.export.ExportArchive()
-        archive.track(serving_model)
-        archive.add_endpoint(SERVING_SIGNATURE, serve)
-        archive.write_out(str(folder), verbose=False)
+        # tf.saved_model.save of a plain tf.Module rather than keras.export.ExportArchive: in
+        # Keras 3.15 the archive writes every variable twice, which doubles the bundle. The
+        # signature is the same: the inputs by name (keyword arguments), a dict of float32 outputs.
+        module = tf.Module()
+        module.model = serving_model  # tracks the variables and any lookup tables (vocabularies)
+        tf.saved_model.save(module, str(folder), signatures={SERVING_SIGNATURE: serve.get_concrete_function()})
 
     output_specs = serve.get_concrete_function().structured_outputs
     pairs = [(item.code, item.name) if hasattr(item, "code") else item for item in labels]

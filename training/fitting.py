@@ -27,26 +27,40 @@ class FitConfig:
     verbose: int = 0
 
 
-def early_stopping_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified (fit, early-stopping) row indices; the held-out part has every class at least once."""
+def early_stopping_split(labels: np.ndarray, fraction: float, seed: int,
+                         reserved: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (fit, early-stopping) row indices; the held-out part has every class at least once.
+
+    `reserved` (a boolean mask) marks rows that must never be fitted (the fusion head's training
+    products, see `training.pairing.reserved_for_fusion`): they are always held out, and the rest
+    of the held-out share is drawn stratified from the other rows.
+    """
     labels = np.asarray(labels)
-    classes = len(np.unique(labels))
-    held_out = max(classes, int(round(fraction * len(labels))))
-    if held_out >= len(labels) - classes:
-        raise ValueError(f"{len(labels)} rows are too few to hold out an early-stopping set "
+    reserved = np.zeros(len(labels), bool) if reserved is None else np.asarray(reserved, bool)
+    if reserved.shape != labels.shape:
+        raise ValueError(f"reserved mask of shape {reserved.shape} for {len(labels)} labels")
+    free = np.flatnonzero(~reserved)
+    classes = len(np.unique(labels[free]))
+    held_out = max(classes, int(round(fraction * len(labels))) - int(reserved.sum()))
+    if held_out >= len(free) - classes:
+        raise ValueError(f"{len(free)} rows are too few to hold out an early-stopping set "
                          f"covering {classes} classes")
-    fit_rows, early_rows = train_test_split(np.arange(len(labels)), test_size=held_out,
-                                            stratify=labels, random_state=seed)
-    return np.sort(fit_rows), np.sort(early_rows)
+    fit_rows, early_rows = train_test_split(free, test_size=held_out, stratify=labels[free], random_state=seed)
+    return np.sort(fit_rows), np.sort(np.concatenate([early_rows, np.flatnonzero(reserved)]))
 
 
-def dataset(inputs, labels: np.ndarray, num_classes: int, fit: FitConfig, shuffle: bool) -> tf.data.Dataset:
-    """Batches of (inputs, one-hot labels); inputs may be an array, a dict of arrays or a SparseTensor."""
+def dataset(inputs, labels: np.ndarray, num_classes: int, fit: FitConfig, shuffle: bool,
+            keep_sparse: bool = False) -> tf.data.Dataset:
+    """Batches of (inputs, one-hot labels); inputs may be an array, a dict of arrays or a SparseTensor.
+
+    SparseTensor batches are made dense unless `keep_sparse` (for a model with a sparse Input,
+    where a sparse product is far cheaper than a dense one).
+    """
     data = tf.data.Dataset.from_tensor_slices((inputs, tf.one_hot(labels, num_classes)))
     if shuffle:
         data = data.shuffle(len(labels), seed=fit.seed, reshuffle_each_iteration=True)
     data = data.batch(fit.batch_size)
-    if isinstance(inputs, tf.SparseTensor):
+    if isinstance(inputs, tf.SparseTensor) and not keep_sparse:
         data = data.map(lambda x, y: (tf.sparse.to_dense(x), y))
     return data.prefetch(tf.data.AUTOTUNE)
 

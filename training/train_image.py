@@ -2,7 +2,8 @@
 
     python -m training.train_image [--data PATH] [--models models] [--views N] [--epochs N] ...
 
-Only products with an image are used. The head learns from the `split == "train"` images: the
+Only products with an image are used. The head learns from the `split == "train"` images, except
+those of products that also have a text (reserved for the fusion head, `training.pairing`): the
 frozen EfficientNet-Lite0 features of each prepared image, of its mirror and of `--views` seeded
 random augmentations of it (see `training.image_model`), computed once and cached in `.cache/`.
 `split == "val"` is the reporting split and takes no part in any training decision: `--cv-folds`
@@ -31,6 +32,7 @@ import pandas as pd
 from common.model_bundle import bundle_size_bytes
 from training.data import PROJECT_ROOT, data_dir, fingerprint, load_categories
 from training.fitting import early_stopping_split
+from training.pairing import reserved_for_fusion
 from training.image_model import (
     EMBEDDING_OUTPUT,
     PROBABILITIES_OUTPUT,
@@ -148,11 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     views = training_views(args)
     tta = TTA_MODES[args.tta]
 
-    # Every feature the run needs, computed (or read from the cache) up front.
-    fit, held = train, None
+    # Every feature the run needs, computed (or read from the cache) up front. Train images of
+    # products that also have a text are the fusion head's, never fitted here.
+    reserved = reserved_for_fusion(train)
+    fit, held = train[~reserved], None
     if args.early_stopping:
-        fit_rows, held_rows = early_stopping_split(train["label"].to_numpy(), args.early_stopping, args.seed)
-        fit, held = train.iloc[fit_rows], train.iloc[held_rows]
+        fit_rows, held_rows = early_stopping_split(fit["label"].to_numpy(), args.early_stopping, args.seed)
+        fit, held = fit.iloc[fit_rows], fit.iloc[held_rows]
     features, labels = view_features(cache, views, fit)
     early_stopping = None if held is None else (served_features(cache, tta, held), held["label"].to_numpy())
     val_features = served_features(cache, tta, val)
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cv_f1 = None
     if args.cv_folds:
-        cv_f1 = cross_validate(cache, views, train, config, args.cv_folds, tta, len(codes), args.epochs)
+        cv_f1 = cross_validate(cache, views, train[~reserved], config, args.cv_folds, tta, len(codes), args.epochs)
         print(f"train {args.cv_folds}-fold CV  weighted F1 {cv_f1:.4f}", flush=True)
 
     cv_done = time.perf_counter()
@@ -182,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         args.models, head, [(c.code, c.name) for c in categories],
         training_data={"fingerprint": data_fingerprint, "rows_train": len(fit),
                        "rows_early_stopping": 0 if held is None else len(held),
+                       "rows_reserved_for_fusion": int(reserved.sum()),
                        "views": [view.key() for view in views], "feature_rows": len(features),
                        "epochs": head.epochs, "training_seconds": round(training_seconds, 1)},
         metrics=metrics,

@@ -2,7 +2,8 @@
 
     python -m training.train_text [--data PATH] [--models models] [--epochs N] ...
 
-Only products with text are used. The model learns from `split == "train"` rows, minus a
+Only products with text are used; the model reads both views of `preprocess` (`text` and
+`cleaned`), which are cached together. The model learns from `split == "train"` rows, minus a
 stratified hold-out of them that drives EarlyStopping and ReduceLROnPlateau; `split == "val"` is
 the reporting split and takes no part in any training decision.
 """
@@ -26,6 +27,7 @@ from common.model_bundle import bundle_size_bytes
 from text_service import preprocessing
 from training.data import (PROJECT_ROOT, Category, data_dir, fingerprint, load_categories,
                            load_products)
+from training.pairing import reserved_for_fusion
 from training.reports import f1_scores
 from training.text_model import (TextModelConfig, config_dict, export_text_bundle,
                                  predict_probabilities, train_text_model)
@@ -112,10 +114,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="maximum epochs (early stopping usually ends sooner)")
     parser.add_argument("--word-vocabulary", type=int, default=defaults.word_vocabulary)
     parser.add_argument("--char-vocabulary", type=int, default=defaults.char_vocabulary,
-                        help="0 drops the character n-gram branch")
-    parser.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim)
+                        help="character n-grams kept from the cleaned text")
+    parser.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim,
+                        help="units of the embedding layer (all ensemble members together)")
+    parser.add_argument("--ensemble", type=int, default=defaults.ensemble,
+                        help="members trained and merged into one head")
     parser.add_argument("--seed", type=int, default=defaults.fit.seed)
-    parser.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (0, 1 or 2)")
+    parser.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity (0, 1 or 2: a line per epoch)")
     return parser.parse_args(argv)
 
 
@@ -129,15 +134,17 @@ def main(argv: list[str] | None = None) -> int:
         word_vocabulary=args.word_vocabulary,
         char_vocabulary=args.char_vocabulary,
         embedding_dim=args.embedding_dim,
+        ensemble=args.ensemble,
         fit=dataclasses.replace(defaults.fit, max_epochs=args.epochs, seed=args.seed, verbose=args.verbose),
     )
 
     start = time.perf_counter()
-    trained = train_text_model(splits.train["text"].tolist(), splits.label_indices(splits.train),
-                               len(splits.categories), config)
+    reserved = reserved_for_fusion(splits.train)
+    trained = train_text_model(splits.train, splits.label_indices(splits.train), len(splits.categories), config,
+                               reserved=reserved)
     training_seconds = time.perf_counter() - start
 
-    probabilities = predict_probabilities(trained.model, splits.val["text"].tolist())
+    probabilities = predict_probabilities(trained.model, splits.val)
     predicted = np.asarray(splits.codes)[probabilities.argmax(axis=1)]
     scores = f1_scores(splits.val["prdtypecode"].to_numpy(), predicted, splits.codes)
 
@@ -147,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         labels=[(c.code, c.name) for c in splits.categories],
         training_data={"fingerprint": fingerprint(root), "rows_train": trained.rows_train,
                        "rows_early_stopping": trained.rows_early_stopping,
-                       "epochs": len(trained.history["loss"]),
+                       "rows_reserved_for_fusion": int(reserved.sum()),
+                       "epochs": trained.member_epochs,
                        "training_seconds": round(training_seconds, 1)},
         metrics={"val_weighted_f1": round(scores.weighted, 4), "val_macro_f1": round(scores.macro, 4),
                  "val_rows": scores.rows},
@@ -155,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     size = bundle_size_bytes(bundle.path)
     print(f"bundle {bundle.path}  {size / 1e6:.2f} MB ({size} bytes)")
-    print(f"trained in {training_seconds:.0f} s, {len(trained.history['loss'])} epochs, "
+    print(f"trained in {training_seconds:.0f} s, epochs {trained.member_epochs}, "
           f"{trained.rows_train} train rows + {trained.rows_early_stopping} early-stopping rows")
     print(f"text model  weighted F1 {scores.weighted:.4f}  macro F1 {scores.macro:.4f}  (n={scores.rows})")
     return 0
