@@ -46,13 +46,14 @@ COPY image_service/ image_service/
 COPY fusion_service/ fusion_service/
 COPY gateway/ gateway/
 COPY monitoring/ monitoring/
+COPY web/ web/
 # The root filesystem is read-only in Kubernetes: compile now, Python cannot write .pyc later.
-RUN python3 -m compileall -q rakuten common text_service image_service fusion_service gateway monitoring
+RUN python3 -m compileall -q rakuten common text_service image_service fusion_service gateway monitoring web
 
 # ---- runtime --------------------------------------------------------------------------------
 FROM dependencies AS runtime
 LABEL org.opencontainers.image.title="rakuten-classifier" \
-      org.opencontainers.image.description="gRPC serving of Rakuten France product-type classification: gateway, text_service, image_service, fusion_service"
+      org.opencontainers.image.description="gRPC serving of Rakuten France product-type classification: gateway, text_service, image_service, fusion_service (and the demo page, web)"
 # A fixed non-root user (the Kubernetes manifests run as 10001:10001 with runAsNonRoot).
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /tmp --no-create-home --shell /usr/sbin/nologin app
@@ -63,6 +64,7 @@ COPY --from=build /app/image_service/ image_service/
 COPY --from=build /app/fusion_service/ fusion_service/
 COPY --from=build /app/gateway/ gateway/
 COPY --from=build /app/monitoring/ monitoring/
+COPY --from=build /app/web/ web/
 COPY models/ models/
 ENV PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \

@@ -63,8 +63,8 @@ train: train-text train-image train-fusion ## train the three models in order
 
 eval: eval-text eval-image eval-fusion ## evaluate the three models
 
-up: $(GENERATED) ## start the four services locally with models/ (logs and pids in run/)
-	$(PY) -m ops.local_stack up --models $(MODELS)
+up: $(GENERATED) ## start the four services and the demo page (:8080, WEB_PORT) with models/ (logs in run/)
+	$(PY) -m ops.local_stack up --models $(MODELS) --web-port $(WEB_PORT)
 
 down: ## stop the local services
 	@test ! -x $(PY) || $(PY) -m ops.local_stack down
@@ -123,3 +123,27 @@ k8s-rules: $(INSTALLED) ## rewrite k8s/monitoring/prometheusrule.yaml from monit
 
 # `make down` stops the local Prometheus as well (a prerequisite added to the target above).
 down: down-monitoring
+
+# ---------------------------------------------------------------------------------------------
+# The demo page (issue 7): `make up` starts it on :$(WEB_PORT); `make web` runs it alone in the
+# foreground against a gateway already running. Its browser test drives Debian's chromium
+# through chromium-driver: `make tools` installs both (apt-get; sudo when not root).
+WEB_PORT ?= 8080
+GATEWAY_ADDRESS ?= localhost:50051
+BROWSER_PACKAGES := chromium chromium-driver
+APT_GET := $$(test "$$(id -u)" -eq 0 || echo sudo -n) env DEBIAN_FRONTEND=noninteractive apt-get
+
+.PHONY: web browser
+
+web: $(GENERATED) ## run the demo page in the foreground on :WEB_PORT (8080) over GATEWAY_ADDRESS
+	$(PY) -m web --port $(WEB_PORT) --gateway-address $(GATEWAY_ADDRESS) --log-format text
+
+browser: ## install Debian's chromium and chromium-driver (the demo page's browser test), if missing
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "chromium     $$(command -v chromium)  ($$(chromium --version 2>/dev/null))"; \
+	else \
+		$(APT_GET) install -y --no-install-recommends $(BROWSER_PACKAGES) \
+			|| { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends $(BROWSER_PACKAGES); }; \
+	fi
+
+tools: browser

@@ -4,6 +4,10 @@ A service is a `Servable`: it registers its servicers, loads and warms up its mo
 `start`, and releases them in `stop`. `serve` binds the port first and reports NOT_SERVING on
 `grpc.health.v1` until `start` returns, then SERVING; on SIGTERM or SIGINT it reports
 NOT_SERVING again, lets in-flight calls finish within the grace period, and stops.
+
+The port serves TLS, or mutual TLS, when the settings name certificate files (`common/tls.py`);
+`health_port` adds a plaintext port with `grpc.health.v1` alone, for probes that cannot speak TLS
+(Kubernetes' native gRPC probes). The metrics port is plain HTTP either way.
 """
 
 from __future__ import annotations
@@ -45,13 +49,16 @@ class RunningServer:
     """A started service: its bound ports and a way to stop it (used by `serve` and by tests)."""
 
     def __init__(self, server: grpc.aio.Server, servable: Servable, health_servicer: health.aio.HealthServicer,
-                 port: int, metrics_port: int | None, grace_seconds: float):
+                 port: int, metrics_port: int | None, grace_seconds: float,
+                 probe_server: grpc.aio.Server | None = None, health_port: int | None = None):
         self.server = server
         self.servable = servable
         self.health = health_servicer
         self.port = port
         self.metrics_port = metrics_port
         self.grace_seconds = grace_seconds
+        self.probe_server = probe_server
+        self.health_port = health_port
 
     async def mark_serving(self) -> None:
         for name in ("", *self.servable.service_names):
@@ -61,7 +68,13 @@ class RunningServer:
         """NOT_SERVING first so load balancers stop sending, then drain and stop."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_seconds)
+        await self._stop_probes()
         await self.servable.stop()
+
+    async def _stop_probes(self) -> None:
+        """Last, so that probes see NOT_SERVING, not a refused connection, while calls drain."""
+        if self.probe_server is not None:
+            await self.probe_server.stop(0)
 
 
 async def start_server(servable: Servable, settings: ServiceSettings, *, with_metrics: bool = True) -> RunningServer:
@@ -84,21 +97,40 @@ async def start_server(servable: Servable, settings: ServiceSettings, *, with_me
     if settings.reflection:
         reflection.enable_server_reflection(
             (*servable.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    if port == 0:
-        raise OSError(f"could not bind {settings.host}:{settings.port}")
+    tls = settings.server_tls()
+    address = f"{settings.host}:{settings.port}"
+    port = server.add_secure_port(address, tls.credentials()) if tls.enabled else server.add_insecure_port(address)
+    _check_bound(port, address)
+    probe_server, health_port = None, None
+    if settings.health_port is not None:
+        probe_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe_server)
+        health_address = f"{settings.host}:{settings.health_port}"
+        health_port = _check_bound(probe_server.add_insecure_port(health_address), health_address)
     metrics_port = start_metrics_server(settings.metrics_port, settings.host) if with_metrics else None
     await server.start()
-    log.info("listening", extra={"port": port, "metrics_port": metrics_port, "services": list(servable.service_names)})
-    running = RunningServer(server, servable, health_servicer, port, metrics_port, settings.shutdown_grace_seconds)
+    if probe_server is not None:
+        await probe_server.start()
+    log.info("listening", extra={"port": port, "transport": tls.mode, "health_port": health_port,
+                                 "metrics_port": metrics_port, "services": list(servable.service_names)})
+    running = RunningServer(server, servable, health_servicer, port, metrics_port, settings.shutdown_grace_seconds,
+                            probe_server, health_port)
     try:
         await servable.start()
     except BaseException:
         await server.stop(0)
+        if probe_server is not None:
+            await probe_server.stop(0)
         raise
     await running.mark_serving()
     log.info("serving", extra={"services": list(servable.service_names)})
     return running
+
+
+def _check_bound(port: int, address: str) -> int:
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    return port
 
 
 async def serve(servable: Servable, settings: ServiceSettings) -> None:

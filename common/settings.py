@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.tls import ServerTLS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,6 +34,23 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="time in-flight calls get after SIGTERM")
     max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest gRPC message accepted")
     reflection: bool = Field(True, description="serve gRPC server reflection")
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) of this server: serve TLS instead of plaintext")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file (unencrypted)")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: clients must present a certificate it signed (mutual TLS)")
+    health_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="plaintext port serving grpc.health.v1 only, for probes that cannot speak TLS (0: pick a free one)")
+
+    def server_tls(self) -> ServerTLS:
+        return ServerTLS(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
+
+    @model_validator(mode="after")
+    def _check_tls(self):
+        """Half a key pair or an unreadable certificate stops the service at start, naming the setting."""
+        self.server_tls()
+        return self
 
 
 class ModelServiceSettings(ServiceSettings):
@@ -45,6 +64,10 @@ class ModelServiceSettings(ServiceSettings):
     max_queue_size: int = Field(1024, ge=1, description="items waiting beyond which calls get RESOURCE_EXHAUSTED")
     max_items_per_request: int = Field(256, ge=1, description="most products/images/inputs in one call")
     default_top_k: int = Field(5, ge=1, description="top_k used when a request leaves it at 0")
+    tf_intra_op_threads: int = Field(
+        0, ge=0, description="TensorFlow threads inside one op (0: one per CPU the machine has, TF's default)")
+    tf_inter_op_threads: int = Field(
+        0, ge=0, description="TensorFlow ops run at once (0: TF's default)")
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -59,20 +59,29 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         arrays = {}
         for name, proto in request.inputs.items():
             spec = runner.input_specs[name]
-            if tf.dtypes.as_dtype(proto.dtype) != spec.dtype:
-                raise InvalidInput(f"inputs[{name!r}]: dtype must be {spec.dtype.name}, "
-                                   f"got {tf.dtypes.as_dtype(proto.dtype).name}")
             try:
-                array = tf.make_ndarray(proto)
+                dtype = tf.dtypes.as_dtype(proto.dtype)
+            except TypeError:
+                raise InvalidInput(f"inputs[{name!r}]: unknown dtype enum {proto.dtype}") from None
+            if dtype != spec.dtype:
+                raise InvalidInput(f"inputs[{name!r}]: dtype must be {spec.dtype.name}, got {dtype.name}")
+            # The declared shape is checked before decoding: a few bytes (one value, repeated) can
+            # declare billions of elements, which make_ndarray would allocate.
+            shape = [dim.size for dim in proto.tensor_shape.dim]
+            if proto.tensor_shape.unknown_rank or any(size < 0 for size in shape) \
+                    or not spec.shape.is_compatible_with(shape):
+                raise InvalidInput(f"inputs[{name!r}]: shape must match {spec.shape}, got {shape}")
+            if shape and shape[0] > self._max_batch:
+                raise TooLarge(f"inputs[{name!r}]: batch of {shape[0]}, the limit is {self._max_batch}")
+            if shape and shape[0] == 0:
+                raise InvalidInput(f"inputs[{name!r}]: empty batch")
+            try:
+                arrays[name] = tf.make_ndarray(proto)
             except Exception as error:
                 raise InvalidInput(f"inputs[{name!r}]: not a valid TensorProto ({error})") from error
-            if not spec.shape.is_compatible_with(array.shape):
-                raise InvalidInput(f"inputs[{name!r}]: shape must match {spec.shape}, got {list(array.shape)}")
-            if array.ndim and array.shape[0] > self._max_batch:
-                raise TooLarge(f"inputs[{name!r}]: batch of {array.shape[0]}, the limit is {self._max_batch}")
-            if array.ndim and array.shape[0] == 0:
-                raise InvalidInput(f"inputs[{name!r}]: empty batch")
-            arrays[name] = array
+        batches = {name: array.shape[0] for name, array in arrays.items() if array.ndim}
+        if len(set(batches.values())) > 1:  # every input is one row per item: the model would fail
+            raise InvalidInput(f"inputs: batch sizes differ ({batches})")
         return arrays
 
     async def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:

@@ -50,7 +50,10 @@ class FusionService(BatchedModelService[tuple[np.ndarray, np.ndarray], np.ndarra
         with timer.stage("model"):
             outputs = await self.predict(pairs)
         response = fusion_pb2.FuseResponse()
-        for used, probabilities in outputs:
+        for i, (used, probabilities) in enumerate(outputs):
+            if not np.isfinite(probabilities).all():  # finite inputs, e.g. 3e38, can still overflow float32
+                raise InvalidInput(f"inputs[{i}]: the model's scores overflow for these embedding values "
+                                   "(far outside what the encoders produce)")
             response.results.add().top_k.extend(top_k_scores(probabilities, used.labels, k))
         response.model.CopyFrom(served_version(outputs))
         response.timings.extend(timer.protos())

@@ -4,8 +4,9 @@ Channels are created once and kept open. With a `dns:///` address of a headless 
 Service, `round_robin` spreads calls over every pod behind it (gRPC keeps connections open, so
 a plain ClusterIP would pin each gateway to one pod). A stage call gets what is left of the
 deadline; UNAVAILABLE (a pod restarting, a connection reset) is retried once after a short
-backoff when the deadline allows; INVALID_ARGUMENT is the caller's fault and is passed back;
-anything else makes the stage fail so the answer can degrade.
+backoff when the deadline allows; INVALID_ARGUMENT and RESOURCE_EXHAUSTED are raised as
+`CallerError` (the pipeline passes back those that name one of the caller's items, such as an
+image with too many pixels); anything else makes the stage fail so the answer can degrade.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 
-CLIENT_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT,)
+from common.tls import ClientTLS, make_channel
+
+CLIENT_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 
 _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
-def open_channel(address: str, max_message_bytes: int) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=[
+def open_channel(address: str, max_message_bytes: int, tls: ClientTLS | None = None) -> grpc.aio.Channel:
+    """A channel to one model service, over TLS (mutual with a client certificate) when `tls` says so."""
+    return make_channel(address, tls, aio=True, options=[
         ("grpc.service_config", _SERVICE_CONFIG),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -40,11 +44,14 @@ def open_channel(address: str, max_message_bytes: int) -> grpc.aio.Channel:
 
 
 class CallerError(Exception):
-    """A stage refused the input (INVALID_ARGUMENT): the caller must fix the request."""
+    """A stage refused the input (INVALID_ARGUMENT, RESOURCE_EXHAUSTED): the caller's request, or
+    (RESOURCE_EXHAUSTED naming no item) the stage's full queue."""
 
-    def __init__(self, stage: str, error: grpc.aio.AioRpcError):
+    def __init__(self, stage: str, error: grpc.aio.AioRpcError, seconds: float):
         super().__init__(error.details())
         self.stage = stage
+        self.code = error.code()
+        self.seconds = seconds
         self.details = error.details() or ""
 
 
@@ -83,7 +90,7 @@ async def call_stage(stage: str, method: Callable[..., Awaitable[Any]], request:
         except grpc.aio.AioRpcError as error:
             code = error.code()
             if code in CLIENT_ERRORS:
-                raise CallerError(stage, error) from error
+                raise CallerError(stage, error, time.monotonic() - started) from error
             if code in RETRYABLE and not retried and deadline - time.monotonic() > retry_backoff_s:
                 retried = True
                 await asyncio.sleep(retry_backoff_s)

@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
+from common.tls import ClientTLS, TLSConfigError, make_channel
 from rakuten.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
 
@@ -64,12 +65,16 @@ class Answer:
 
 
 class ClassifierClient:
-    """Calls the gateway; raises grpc.RpcError with the server's status and message on failure."""
+    """Calls the gateway; raises grpc.RpcError with the server's status and message on failure.
+
+    `tls` for a gateway that serves TLS: `ClientTLS(ca_file=...)`, plus `cert_file` and `key_file`
+    under mutual TLS.
+    """
 
     def __init__(self, address: str = "localhost:50051", timeout: float = 10.0,
-                 max_message_bytes: int = 32 * 1024 * 1024):
+                 max_message_bytes: int = 32 * 1024 * 1024, tls: ClientTLS | None = None):
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address, options=[
+        self._channel = make_channel(address, tls, options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes)])
         self._stub = classifier_pb2_grpc.ProductClassifierStub(self._channel)
@@ -92,6 +97,42 @@ class ClassifierClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class AsyncClassifierClient:
+    """ClassifierClient for asyncio programs (grpc.aio): calls never block the event loop.
+
+    Make it inside the running loop and reuse it; raises grpc.aio.AioRpcError (a grpc.RpcError)
+    with the server's status and message on failure.
+    """
+
+    def __init__(self, address: str = "localhost:50051", timeout: float = 10.0,
+                 max_message_bytes: int = 32 * 1024 * 1024, tls: ClientTLS | None = None):
+        self.timeout = timeout
+        self._channel = make_channel(address, tls, aio=True, options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes)])
+        self._stub = classifier_pb2_grpc.ProductClassifierStub(self._channel)
+
+    async def classify(self, product: Product, top_k: int = 3, timeout: float | None = None) -> Answer:
+        request = classifier_pb2.ClassifyRequest(product=product.proto(), top_k=top_k)
+        response = await self._stub.Classify(request, timeout=timeout or self.timeout)
+        return Answer.from_proto(response.classification)
+
+    async def classify_batch(self, products: list[Product], top_k: int = 3,
+                             timeout: float | None = None) -> list[Answer]:
+        request = classifier_pb2.ClassifyBatchRequest(products=[p.proto() for p in products], top_k=top_k)
+        response = await self._stub.ClassifyBatch(request, timeout=timeout or self.timeout)
+        return [Answer.from_proto(c) for c in response.classifications]
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncClassifierClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
 
 
 def render(answer: Answer) -> str:
@@ -118,9 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=3, help="number of categories (1-27)")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     parser.add_argument("--json", action="store_true", help="print the raw answer as JSON")
+    parser.add_argument("--tls-ca", type=Path, help="PEM CA of the gateway's certificate: connect over TLS")
+    parser.add_argument("--tls-cert", type=Path, help="PEM client certificate, for a gateway under mutual TLS")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-server-name", default="", help="name to verify in the gateway's certificate")
     args = parser.parse_args(argv)
+    try:
+        tls = ClientTLS(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name, naming="--tls-{}")
+    except TLSConfigError as error:
+        parser.error(str(error))
     product = Product(args.designation, args.description, args.image.read_bytes() if args.image else b"")
-    with ClassifierClient(args.address, timeout=args.timeout) as client:
+    with ClassifierClient(args.address, timeout=args.timeout, tls=tls) as client:
         try:
             answer = client.classify(product, top_k=args.top_k)
         except grpc.RpcError as error:

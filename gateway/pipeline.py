@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import grpc
+
 from common.errors import DeadlineExceeded, InvalidInput, TooLarge, Unavailable
 from gateway import metrics
 from gateway.backends import CallerError, StageOutcome, call_stage
@@ -76,16 +78,19 @@ def has_text(product: classifier_pb2.Product) -> bool:
     return bool(product.designation.strip() or product.description.strip())
 
 
-def _caller_error(error: CallerError, positions: list[int]) -> InvalidInput:
-    """A stage's 'images[2].data: ...' becomes 'products[5].image: ...' for the caller."""
+def _caller_error(error: CallerError, positions: list[int]) -> InvalidInput | TooLarge | None:
+    """A stage's 'images[2].data: ...' becomes 'products[5].image: ...' for the caller, with the
+    stage's status. None for a RESOURCE_EXHAUSTED that names no item (the stage's queue is full):
+    that is the stage's trouble, and the answer degrades."""
+    too_large = error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     match = _STAGE_FIELD.match(error.details)
     if not match:
-        return InvalidInput(f"{error.stage}: {error.details}")
+        return None if too_large else InvalidInput(f"{error.stage}: {error.details}")
     product = positions[int(match.group(2))]
     part = {"texts": "", "images": ".image", "inputs": ""}[match.group(1)]
     if match.group(1) == "texts" and match.group(3):
         part = match.group(3)
-    return InvalidInput(f"products[{product}]{part}{error.details[match.end():]}")
+    return (TooLarge if too_large else InvalidInput)(f"products[{product}]{part}{error.details[match.end():]}")
 
 
 class ClassificationPipeline:
@@ -101,9 +106,11 @@ class ClassificationPipeline:
         try:
             outcome = await call_stage(stage, method, request, deadline, self.retry_backoff_s)
         except CallerError as error:
-            if stage == FUSION:  # embeddings come from our own encoders: a mismatch is ours, not the caller's
-                return StageOutcome(stage, failure=f"fusion: INVALID_ARGUMENT: {error.details}")
-            raise _caller_error(error, positions) from None
+            # Embeddings come from our own encoders: a refused fusion input is ours, not the caller's.
+            refusal = None if stage == FUSION else _caller_error(error, positions)
+            if refusal is not None:
+                raise refusal from None
+            outcome = StageOutcome(stage, failure=f"{stage}: {error.code.name}: {error.details}", seconds=error.seconds)
         metrics.STAGE_LATENCY.labels(stage).observe(outcome.seconds)
         return outcome
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from common.scores import resolve_top_k
 from common.settings import ServiceSettings
+from common.tls import ClientTLS
 from gateway.backends import open_channel
 from gateway.pipeline import ClassificationPipeline, FusionPolicy, Limits, Stubs
 from rakuten.v1 import classifier_pb2, classifier_pb2_grpc, fusion_pb2_grpc, image_pb2_grpc, text_pb2_grpc
@@ -36,6 +38,22 @@ class GatewaySettings(ServiceSettings):
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest encoded image accepted")
     default_top_k: int = Field(3, ge=1, description="top_k used when a request leaves it at 0")
     n_classes: int = Field(27, ge=1, description="number of product type codes the models know")
+    backend_tls_ca_file: Path | None = Field(
+        None, description="PEM CA that signed the model services' certificates: call them over TLS")
+    backend_tls_cert_file: Path | None = Field(
+        None, description="PEM client certificate presented to the model services (mutual TLS)")
+    backend_tls_key_file: Path | None = Field(None, description="PEM private key of backend_tls_cert_file")
+    backend_tls_server_name: str = Field(
+        "", description="name verified in the model services' certificates instead of each address's host")
+
+    def backend_tls(self) -> ClientTLS:
+        return ClientTLS(self.backend_tls_ca_file, self.backend_tls_cert_file, self.backend_tls_key_file,
+                         self.backend_tls_server_name, naming="backend_tls_{}_file")
+
+    @model_validator(mode="after")
+    def _check_backend_tls(self):
+        self.backend_tls()
+        return self
 
 
 class Gateway(classifier_pb2_grpc.ProductClassifierServicer):
@@ -52,7 +70,8 @@ class Gateway(classifier_pb2_grpc.ProductClassifierServicer):
     async def start(self) -> None:
         """Open the channels; the gateway serves even while backends are down (it degrades)."""
         s = self.settings
-        self._channels = [open_channel(a, s.max_message_bytes)
+        tls = s.backend_tls()
+        self._channels = [open_channel(a, s.max_message_bytes, tls)
                           for a in (s.text_address, s.image_address, s.fusion_address)]
         text, image, fusion = self._channels
         self.pipeline = ClassificationPipeline(

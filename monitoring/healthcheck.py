@@ -2,9 +2,10 @@
 
     python -m monitoring.healthcheck [PORT] [--service NAME] [--timeout 3]
 
-The port is the argument, else the PORT environment variable, else the `--port` flag of the
-service that PID 1 runs (/proc/1/cmdline), else that service's default port. Used by the
-Dockerfile's HEALTHCHECK; Kubernetes uses its own native gRPC probes instead.
+The port is the argument, else the HEALTH_PORT environment variable (the plaintext health port a
+service serves beside a TLS port), else PORT, else the `--port` flag of the service that PID 1
+runs (/proc/1/cmdline), else that service's default port. Used by the Dockerfile's HEALTHCHECK;
+Kubernetes uses its own native gRPC probes instead.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def port_from_cmdline(cmdline: list[str]) -> int | None:
 def resolve_port(given: int | None, environ=os.environ, proc1: Path = Path("/proc/1/cmdline")) -> int:
     if given:
         return given
-    if environ.get("PORT"):
-        return int(environ["PORT"])
+    for variable in ("HEALTH_PORT", "PORT"):
+        if environ.get(variable):
+            return int(environ[variable])
     try:
         port = port_from_cmdline(proc1.read_bytes().decode(errors="replace").split("\0"))
     except OSError:

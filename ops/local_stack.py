@@ -1,14 +1,15 @@
-"""Runs the four services on this machine with the bundles in models/: `make up`, `make down`.
+"""Runs the four services and the demo page here with the bundles in models/: `make up`, `make down`.
 
-    python -m ops.local_stack up [--models models] [--run-dir run]
+    python -m ops.local_stack up [--models models] [--run-dir run] [--web-port 8080]
     python -m ops.local_stack status
     python -m ops.local_stack classify [--data ../shared/rakuten]
     python -m ops.local_stack down
 
 Each service is its own process in its own session (so it outlives `make`), on the design's
-ports, with its log and pid file under the run folder. `up` returns once every service reports
-SERVING on grpc.health.v1, or stops them all and shows the failing log. `down` sends SIGTERM
-(a graceful drain) and waits; a process still running after the grace period is killed.
+ports, with its log, pid and port files under the run folder. `up` returns once every service
+reports SERVING on grpc.health.v1 and the demo page (web/, HTTP only) answers on /healthz, or
+stops them all and shows the failing log. `down` sends SIGTERM (a graceful drain) and waits; a
+process still running after the grace period is killed.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ops.service_process import http_ready
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,15 +36,20 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 class Service:
     module: str
     port: int
-    metrics_port: int
+    metrics_port: int | None
     uses_models: bool
+    #: Answers HTTP GET /healthz rather than grpc.health.v1 (the demo page).
+    http: bool = False
 
 
+GATEWAY = Service("gateway", 50051, 9101, False)
+WEB = Service("web", 8080, None, False, http=True)
 SERVICES = (
     Service("text_service", 50052, 9102, True),
     Service("image_service", 50053, 9103, True),
     Service("fusion_service", 50054, 9104, True),
-    Service("gateway", 50051, 9101, False),
+    GATEWAY,
+    WEB,
 )
 
 
@@ -58,6 +66,12 @@ def _pid(run_dir: Path, service: Service) -> int | None:
     return pid
 
 
+def _port(run_dir: Path, service: Service) -> int:
+    """The port `up` started it on (the demo page's can be changed), else its default."""
+    path = run_dir / f"{service.module}.port"
+    return int(path.read_text()) if path.is_file() else service.port
+
+
 def _health(port: int) -> int | None:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         try:
@@ -66,9 +80,16 @@ def _health(port: int) -> int | None:
             return None
 
 
+def _serving(service: Service, port: int) -> bool:
+    if service.http:
+        return http_ready(f"http://127.0.0.1:{port}/healthz")
+    return _health(port) == health_pb2.HealthCheckResponse.SERVING
+
+
 def _start(service: Service, models: Path, run_dir: Path, extra: list[str]) -> int:
-    args = [sys.executable, "-m", service.module, "--port", str(service.port),
-            "--metrics-port", str(service.metrics_port), *extra]
+    args = [sys.executable, "-m", service.module, "--port", str(service.port), *extra]
+    if service.metrics_port is not None:
+        args += ["--metrics-port", str(service.metrics_port)]
     if service.uses_models:
         args += ["--models-dir", str(models)]
     log = (run_dir / f"{service.module}.log").open("ab")
@@ -76,6 +97,7 @@ def _start(service: Service, models: Path, run_dir: Path, extra: list[str]) -> i
     process = subprocess.Popen(args, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     (run_dir / f"{service.module}.pid").write_text(str(process.pid))
+    (run_dir / f"{service.module}.port").write_text(str(service.port))
     return process.pid
 
 
@@ -90,14 +112,16 @@ def gateway_flags(models: Path) -> list[str]:
     return [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
 
 
-def up(models: Path, run_dir: Path, timeout: float, gateway_args: list[str]) -> int:
+def up(models: Path, run_dir: Path, timeout: float, gateway_args: list[str], web_port: int = WEB.port) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
-    gateway_args = gateway_flags(models) + gateway_args
-    for service in SERVICES:
+    extra = {GATEWAY.module: gateway_flags(models) + gateway_args,
+             WEB.module: ["--gateway-address", f"127.0.0.1:{GATEWAY.port}", "--log-format", "text"]}
+    services = [replace(s, port=web_port) if s == WEB else s for s in SERVICES]
+    for service in services:
         if _pid(run_dir, service) is None:
-            _start(service, models, run_dir, gateway_args if service.module == "gateway" else [])
+            _start(service, models, run_dir, extra.get(service.module, []))
     deadline = time.monotonic() + timeout
-    waiting = list(SERVICES)
+    waiting = [replace(s, port=_port(run_dir, s)) for s in services]
     while waiting and time.monotonic() < deadline:
         for service in list(waiting):
             if _pid(run_dir, service) is None:
@@ -105,8 +129,10 @@ def up(models: Path, run_dir: Path, timeout: float, gateway_args: list[str]) -> 
                 print((run_dir / f"{service.module}.log").read_text()[-3000:], file=sys.stderr)
                 down(run_dir, 10)
                 return 1
-            if _health(service.port) == health_pb2.HealthCheckResponse.SERVING:
-                print(f"{service.module:15} SERVING on :{service.port} (metrics :{service.metrics_port})")
+            if _serving(service, service.port):
+                where = (f"http://localhost:{service.port}/" if service.http
+                         else f":{service.port} (metrics :{service.metrics_port})")
+                print(f"{service.module:15} SERVING on {where}")
                 waiting.remove(service)
         time.sleep(0.3)
     if waiting:
@@ -114,7 +140,9 @@ def up(models: Path, run_dir: Path, timeout: float, gateway_args: list[str]) -> 
         down(run_dir, 10)
         return 1
     print(f"""
-All four services are up (logs and pids in {run_dir}/). Try:
+The four services and the demo page are up (logs and pids in {run_dir}/).
+Open the demo page: http://localhost:{_port(run_dir, WEB)}/
+Or try:
   make classify
   .venv/bin/python -m gateway.client --designation "Piscine tubulaire 300 x 76 cm" --top-k 3
   grpcurl -plaintext -d '{{"product": {{"designation": "Roman policier"}}}}' localhost:50051 rakuten.v1.ProductClassifier/Classify
@@ -137,6 +165,7 @@ def down(run_dir: Path, grace: float) -> int:
             os.kill(pid, signal.SIGKILL)
             print(f"{service.module}: killed after {grace:.0f} s", file=sys.stderr)
         (run_dir / f"{service.module}.pid").unlink(missing_ok=True)
+        (run_dir / f"{service.module}.port").unlink(missing_ok=True)
         if pid is not None:
             print(f"{service.module:15} stopped")
     return 0
@@ -145,9 +174,14 @@ def down(run_dir: Path, grace: float) -> int:
 def status(run_dir: Path) -> int:
     names = {health_pb2.HealthCheckResponse.SERVING: "SERVING", health_pb2.HealthCheckResponse.NOT_SERVING: "NOT_SERVING"}
     for service in SERVICES:
-        pid = _pid(run_dir, service)
-        state = names.get(_health(service.port), "no answer") if pid else "not running"
-        print(f"{service.module:15} :{service.port}  pid {pid or '-':<8} {state}")
+        pid, port = _pid(run_dir, service), _port(run_dir, service)
+        if not pid:
+            state = "not running"
+        elif service.http:
+            state = f"SERVING (http://localhost:{port}/)" if _serving(service, port) else "no answer"
+        else:
+            state = names.get(_health(port), "no answer")
+        print(f"{service.module:15} :{port:<5}  pid {pid or '-':<8} {state}")
     return 0
 
 
@@ -188,9 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("RAKUTEN_DATA", PROJECT_ROOT.parent / "shared" / "rakuten")))
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for SERVING")
     parser.add_argument("--gateway-arg", action="append", default=[], help="extra flag for the gateway")
+    parser.add_argument("--web-port", type=int, default=int(os.environ.get("WEB_PORT", WEB.port)),
+                        help="port of the demo page (env WEB_PORT)")
     args = parser.parse_args(argv)
     if args.command == "up":
-        return up(args.models.resolve(), args.run_dir, args.timeout, args.gateway_arg)
+        return up(args.models.resolve(), args.run_dir, args.timeout, args.gateway_arg, args.web_port)
     if args.command == "down":
         return down(args.run_dir, 20.0)
     if args.command == "status":

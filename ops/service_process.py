@@ -14,6 +14,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common.tls import ClientTLS, make_channel
+
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,10 +28,15 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    """One service process; `start` returns once its health check says SERVING."""
+    """One service process; `start` returns once its health check says SERVING.
 
-    def __init__(self, module: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None):
+    `tls` is how `channel` (health waits, tests' calls) reaches a service started with TLS flags.
+    """
+
+    def __init__(self, module: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None,
+                 tls: ClientTLS | None = None):
         self.module = module
+        self.tls = tls
         self.port = free_port()
         self.metrics_port = free_port()
         self.args = ["--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
@@ -51,7 +58,7 @@ class ServiceProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args], cwd=PROJECT_ROOT,
                                         env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = make_channel(self.address, self.tls)
         return self
 
     def wait_serving(self, timeout: float = 120.0) -> "ServiceProcess":
@@ -59,11 +66,14 @@ class ServiceProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.module} exited with {self.process.returncode}:\n{self.log()}")
-            if self.health() == health_pb2.HealthCheckResponse.SERVING:
+            if self.ready():
                 return self
             time.sleep(0.2)
         self.stop()
         raise TimeoutError(f"{self.module} not SERVING after {timeout} s:\n{self.log()}")
+
+    def ready(self) -> bool:
+        return self.health() == health_pb2.HealthCheckResponse.SERVING
 
     def health(self, service: str = ""):
         try:
@@ -98,3 +108,27 @@ class ServiceProcess:
             self.process.kill()
             self.process.wait()
             raise
+
+
+class HttpServiceProcess(ServiceProcess):
+    """A process that serves HTTP, not gRPC (the web front): ready once GET /healthz answers 200."""
+
+    def __init__(self, module: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None):
+        super().__init__(module, args, log_dir, env)
+        self.args = ["--host", "127.0.0.1", "--port", str(self.port), "--log-format", "text", *args]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ready(self) -> bool:
+        return http_ready(f"{self.url}/healthz")
+
+
+def http_ready(url: str) -> bool:
+    """Whether GET `url` answers 200 within a second."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False

@@ -219,6 +219,17 @@ def test_gateway_dials_the_headless_services_by_dns(overlay):
     assert "round_robin" in backends._SERVICE_CONFIG
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_serves_the_fusion_the_committed_bundle_was_measured_best_with(overlay):
+    """`make train-fusion` records its choice in the bundle; the cluster must apply the same one."""
+    from common.model_bundle import read_bundle
+
+    recorded = read_bundle(PROJECT_ROOT / "models", "fusion").metadata["gateway_settings"]
+    env = env_of(overlay, "gateway")
+    assert env["FUSION_MODE"] == recorded["fusion_mode"]
+    assert float(env["LATE_FUSION_TEXT_WEIGHT"]) == pytest.approx(recorded["late_fusion_text_weight"])
+
+
 # -- scaling and disruption ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -361,7 +372,8 @@ def test_dockerfile():
     runs = " ".join(v for k, v in instructions if k == "RUN")
     assert "-c requirements.lock" in runs and "grpc_tools.protoc -Iprotos" in runs
     copies = [v for k, v in instructions if k == "COPY"]
-    for source in ("models/", "protos/", "common/", "gateway/", "text_service/", "image_service/", "fusion_service/"):
+    for source in ("models/", "protos/", "common/", "gateway/", "text_service/", "image_service/", "fusion_service/",
+                   "web/"):
         assert any(c.startswith(source) for c in copies), f"{source} not copied"
         assert (PROJECT_ROOT / source).is_dir() or source == "models/"
     users = [v for k, v in instructions if k == "USER"]
