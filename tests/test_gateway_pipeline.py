@@ -63,6 +63,8 @@ class FakeImage(image_pb2_grpc.ImageEncoderServicer):
         for i, image in enumerate(request.images):
             if image.data == b"not an image":
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"images[{i}].data: not a JPEG, PNG, WebP or GIF image")
+            if image.data == b"too many pixels":
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"images[{i}].data: 25000000 pixels, the limit is 40000000")
         return image_pb2.EncodeImageResponse(
             results=[image_pb2.ImageEncoding(embedding=[3.0], top_k=scores(2705)) for _ in request.images],
             model=common_pb2.ModelVersion(name="image", version=2))
@@ -191,6 +193,20 @@ def test_fusion_down_falls_back_to_late_fusion(system):
     # 0.6 * text (2583: 0.8) + 0.4 * image (2705: 0.8): 2583 first at 0.52, 2705 next at 0.38
     assert [s.code for s in answer.top_k] == [2583, 2705]
     assert answer.top_k[0].score == pytest.approx(0.52)
+
+
+def test_a_full_image_queue_degrades_to_text(system):
+    # RESOURCE_EXHAUSTED naming no item is the stage's load, not the caller's input: degrade
+    system.behaviours["image"].fail = grpc.StatusCode.RESOURCE_EXHAUSTED
+    answer = classify(system, designation="Piscine", image=b"jpeg")
+    assert answer.degraded and "image unavailable" in answer.degraded_reason and list(answer.modalities) == [TEXT]
+
+
+def test_an_image_too_large_for_the_image_service_is_the_callers_error(system):
+    with pytest.raises(grpc.RpcError) as caught:
+        classify(system, designation="Piscine", image=b"too many pixels")
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "products[0].image" in caught.value.details()
 
 
 def test_both_encoders_down_is_unavailable_with_reasons(system):
