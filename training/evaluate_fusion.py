@@ -31,7 +31,7 @@ from training.fusion_model import (IMAGE_INPUT, MODEL_NAME, TEXT_INPUT, FusionCo
                                    train_fusion_model)
 from training.pairing import class_conditional_pairs
 from training.reports import f1_scores, write_report
-from training.train_fusion import GATEWAY_MODE, HEAD, TEXT_ONLY, compare_on_val_pairs, print_table, score_table
+from training.train_fusion import GATEWAY_MODE, HEAD, LATE, TEXT_ONLY, compare_on_val_pairs, print_table, score_table
 
 
 STUDY_HEAD = "study head, fitted"
@@ -104,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                "fitted from random weights on the real and class-conditional train pairs",
                f"- late fusion: {text_weight:.2f} x text + {1 - text_weight:.2f} x image probabilities, "
                "the weight chosen on the training pairs",
-               f"- gain of the {served} over text only: "
-               f"{100 * (scores[served].weighted - scores[TEXT_ONLY].weighted):+.1f} points of weighted F1; "
-               f"fusion head: {100 * (scores[HEAD].weighted - scores[TEXT_ONLY].weighted):+.1f}"],
+               f"- gain over text only, in points of weighted F1: "
+               + ", ".join(f"{name} {100 * (scores[name].weighted - scores[TEXT_ONLY].weighted):+.1f}"
+                           for name in (HEAD, LATE))],
     )
     print(f"report written to {args.report}")
     return 0
