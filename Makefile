@@ -147,3 +147,26 @@ browser: ## install Debian's chromium and chromium-driver (the demo page's brows
 	fi
 
 tools: browser
+
+# ---------------------------------------------------------------------------------------------
+# Load, capacity and soak (issue 6): real products from DATA/traffic through the gateway, on a
+# stack of their own (free ports, the bundles in MODELS) or a running one (ADDRESS=host:port,
+# memory read from run/*.pid). Results and charts go to bench/results/ (not committed); the
+# figures worth keeping go to bench/RESULTS.md.
+CONCURRENCY ?= 1,8,32
+STACK_ARGS = --data $(RAKUTEN_DATA) --models $(MODELS) $(if $(ADDRESS),--address $(ADDRESS))
+
+.PHONY: loadtest bench soak faults
+
+loadtest: $(GENERATED) ## load the gateway with real traffic: CONCURRENCY=1,8,32 or RATE=calls/s, DURATION=s
+	$(PY) -m bench.loadtest $(STACK_ARGS) $(if $(RATE),--rate $(RATE),--concurrency $(CONCURRENCY)) \
+		$(if $(DURATION),--duration $(DURATION))
+
+bench: $(GENERATED) ## capacity: gateway at concurrency 1-64 vs the models in process (serving efficiency)
+	$(PY) -m bench.capacity $(STACK_ARGS)
+
+soak: $(GENERATED) ## 10 min at 70% of the measured capacity: errors, p99 drift, memory growth (DURATION=s)
+	$(PY) -m bench.soak $(STACK_ARGS) $(if $(DURATION),--duration $(DURATION))
+
+faults: $(GENERATED) ## under load: a backend killed, the gateway restarted, a slow backend, a new model version
+	$(PY) -m pytest -q tests/test_faults.py

@@ -17,12 +17,12 @@ import json
 import os
 import platform
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import grpc
 
+from bench.in_process import batch_throughput
 from bench.load import closed_loop
 from common.model_bundle import read_bundle
 from image_service.preprocessing import prepare_image
@@ -46,20 +46,9 @@ def in_process(models: Path, images: list[bytes], batch_sizes: list[int], decode
     from image_service.model import ImageModel
 
     model = ImageModel(read_bundle(models, "image"))
-    throughput = {}
     with concurrent.futures.ThreadPoolExecutor(decode_threads) as pool:
-        for size in batch_sizes:
-            done, offset = 0, 0
-            model.predict([prepare_image(images[0])] * size)  # a new shape: trace before timing
-            started = time.perf_counter()
-            while time.perf_counter() - started < seconds:
-                batch = [images[(offset + i) % len(images)] for i in range(size)]
-                offset += size
-                model.predict(list(pool.map(prepare_image, batch)))
-                done += size
-            throughput[size] = done / (time.perf_counter() - started)
-            print(f"  in process, batch {size:>3}: {throughput[size]:7.1f} images/s", flush=True)
-    return throughput
+        return batch_throughput("in process", lambda batch: model.predict(list(pool.map(prepare_image, batch))),
+                                images, batch_sizes, seconds)
 
 
 async def through_grpc(address: str, images: list[bytes], concurrency: int, seconds: float) -> dict:

@@ -2,10 +2,12 @@
 
 An item waits at most `max_delay` for others to join, and a batch never exceeds
 `max_batch_size` items. One worker makes one model call at a time in its own thread; while it
-runs, new items queue and form the next batch, so under load batches fill up on their own and
-the delay is only paid when traffic is light. A call with more items than `max_batch_size`
-is split over several batches. A full queue refuses new items with RESOURCE_EXHAUSTED instead
-of letting latency grow without bound.
+runs, new items queue and form the next batch, so under load batches fill up on their own. A
+batch waits only for items known to be on their way: calls announce them (`expecting`) while
+they prepare them (text pipeline, image decoding); with none announced, waiting could not fill
+the batch, so it runs at once and a lone call pays no delay. A call with more items than
+`max_batch_size` is split over several batches. A full queue refuses new items with
+RESOURCE_EXHAUSTED instead of letting latency grow without bound.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -54,6 +57,7 @@ class DynamicBatcher(Generic[In, Out]):
         self._run_batch = run_batch
         self._queue: collections.deque[_Pending[In]] = collections.deque()
         self._arrived = asyncio.Event()
+        self._expected = 0  # items announced by calls still preparing them
         self._worker: asyncio.Task | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"batch-{name}")
         self._queue_depth = metrics.QUEUE_DEPTH.labels(name)
@@ -81,6 +85,17 @@ class DynamicBatcher(Generic[In, Out]):
         self._queue_depth.set(0)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    @contextlib.contextmanager
+    def expecting(self, count: int):
+        """Announce `count` items that the caller will submit once prepared: a batch being formed
+        waits for them (up to max_delay) rather than leaving without them."""
+        self._expected += count
+        try:
+            yield
+        finally:
+            self._expected -= count
+            self._arrived.set()  # the worker re-checks whether anything is still on its way
+
     async def submit(self, items: Sequence[In]) -> list[Out]:
         """Queue the items and wait for their outputs, in order."""
         if self._worker is None:
@@ -107,7 +122,7 @@ class DynamicBatcher(Generic[In, Out]):
                 self._arrived.clear()
                 await self._arrived.wait()
             deadline = self._queue[0].enqueued + self.max_delay_s
-            while len(self._queue) < self.max_batch_size:
+            while len(self._queue) < self.max_batch_size and self._expected > 0:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break

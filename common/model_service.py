@@ -10,7 +10,6 @@ import concurrent.futures
 from typing import Callable, Generic, Protocol, Sequence, TypeVar
 
 import grpc
-import tensorflow as tf
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from common import tf_serving
@@ -45,7 +44,6 @@ class BatchedModelService(Generic[In, Out]):
     def __init__(self, settings: ModelServiceSettings, loader: Callable[[BundleInfo], BatchModel[In, Out]],
                  worker_threads: int = 0, worker_name: str = "worker"):
         self.settings = settings
-        configure_tf_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
         #: Threads for the per-item work before the model (text pipeline, image decoding).
         self.workers = (concurrent.futures.ThreadPoolExecutor(worker_threads, thread_name_prefix=worker_name)
                         if worker_threads else None)
@@ -90,15 +88,6 @@ class BatchedModelService(Generic[In, Out]):
             raise InvalidInput(f"{field}: empty batch, send at least one item")
         if count > self.settings.max_items_per_request:
             raise TooLarge(f"{field}: {count} items, the limit is {self.settings.max_items_per_request} per call")
-
-
-def configure_tf_threads(intra_op: int, inter_op: int) -> None:
-    """TensorFlow's thread pools, before the first model loads (0 keeps TF's default: every CPU of
-    the machine, which oversubscribes the CPUs when several services share them)."""
-    if intra_op:
-        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-    if inter_op:
-        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
 
 
 def served_version(outputs: Sequence[tuple[BundleInfo, object]]) -> common_pb2.ModelVersion:

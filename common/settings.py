@@ -64,10 +64,6 @@ class ModelServiceSettings(ServiceSettings):
     max_queue_size: int = Field(1024, ge=1, description="items waiting beyond which calls get RESOURCE_EXHAUSTED")
     max_items_per_request: int = Field(256, ge=1, description="most products/images/inputs in one call")
     default_top_k: int = Field(5, ge=1, description="top_k used when a request leaves it at 0")
-    tf_intra_op_threads: int = Field(
-        0, ge=0, description="TensorFlow threads inside one op (0: one per CPU the machine has, TF's default)")
-    tf_inter_op_threads: int = Field(
-        0, ge=0, description="TensorFlow ops run at once (0: TF's default)")
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

@@ -23,6 +23,9 @@ class ImageServiceSettings(ModelServiceSettings):
     metrics_port: int = Field(9103, ge=0, le=65535, description="Prometheus /metrics port (0: pick a free one)")
     model_name: str = Field("image", description="bundle folder under models_dir")
     max_items_per_request: int = Field(64, ge=1, description="most images in one call")
+    max_batch_size: int = Field(
+        8, ge=1, le=4096,
+        description="most images in one model call (on CPU the cost per image grows past 8: make bench)")
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest encoded image accepted")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest width x height accepted (bomb guard)")
     min_image_side: int = Field(8, ge=1, description="smallest width or height accepted")
@@ -52,7 +55,7 @@ class ImageService(BatchedModelService[np.ndarray, ImagePrediction], image_pb2_g
         self.check_item_count("images", len(request.images))
         bundle, _ = self.repository.current()
         k = resolve_top_k(request.top_k, self.settings.default_top_k, len(bundle.labels), request.all_classes)
-        with timer.stage("decode"):
+        with timer.stage("decode"), self.batcher.expecting(len(request.images)):
             prepared = await self._prepare_all(request.images)
         with timer.stage("model"):
             outputs = await self.predict(prepared)

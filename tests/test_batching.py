@@ -71,6 +71,31 @@ def test_a_lone_item_waits_about_max_delay_not_forever():
     assert run(scenario()) < 1.0  # generous: the point is it does not wait for a full batch
 
 
+def test_a_batch_waits_only_for_items_announced_on_their_way():
+    model = RecordingModel()
+
+    async def scenario():
+        batcher = DynamicBatcher("t", model, max_batch_size=16, max_delay_s=0.5)
+        batcher.start()
+        started = time.perf_counter()
+        await batcher.submit([1])  # nothing else announced: no reason to wait
+        lone = time.perf_counter() - started
+
+        async def call_that_prepares_first():
+            with batcher.expecting(1):
+                await asyncio.sleep(0.05)  # decoding, say
+            return await batcher.submit([3])
+
+        preparing = asyncio.ensure_future(call_that_prepares_first())
+        await asyncio.sleep(0)  # it has announced its item
+        await asyncio.gather(batcher.submit([2]), preparing)
+        await batcher.stop()
+        return lone
+
+    assert run(scenario()) < 0.25  # not the 0.5 s max delay
+    assert model.batches == [[1], [2, 3]]  # the announced item joined the waiting one
+
+
 def test_items_queue_while_the_model_is_busy_and_form_the_next_batch():
     model = RecordingModel(delay_s=0.05)
 

@@ -46,7 +46,7 @@ class TextService(BatchedModelService[str, TextPrediction], text_pb2_grpc.TextEn
                                self.settings.max_designation_chars, self.settings.max_description_chars)
         bundle, _ = self.repository.current()
         k = resolve_top_k(request.top_k, self.settings.default_top_k, len(bundle.labels), request.all_classes)
-        with timer.stage("preprocess"):
+        with timer.stage("preprocess"), self.batcher.expecting(len(request.texts)):
             prepared = await asyncio.get_running_loop().run_in_executor(
                 self.workers, self._preprocess_all, request.texts)
         with timer.stage("model"):
