@@ -37,7 +37,7 @@ from training.image_model import (
     predict_bundle,
     tta_views,
 )
-from training.reports import F1Scores, f1_scores, write_report
+from training.reports import f1_scores, write_report
 
 CACHE_DIR = PROJECT_ROOT / ".cache"
 BASELINE = "linear probe (LogisticRegression on frozen EfficientNet-Lite0 features)"
@@ -50,10 +50,6 @@ def linear_probe_predictions(train_features: np.ndarray, train_codes: np.ndarray
         warnings.simplefilter("ignore")  # lbfgs convergence notices
         probe = LogisticRegression(max_iter=3000).fit(train_features, train_codes)
     return probe.predict(val_features)
-
-
-def _line(name: str, scores: F1Scores) -> str:
-    return f"{name}  weighted F1 {scores.weighted:.4f}  macro F1 {scores.macro:.4f}  (n={scores.rows})"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,13 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     probabilities = predict_bundle(bundle.path, features)[PROBABILITIES_OUTPUT]
     y_true = val["prdtypecode"].to_numpy()
     y_pred = np.asarray(bundle_codes)[probabilities.argmax(axis=1)]
-    print(_line("image model", f1_scores(y_true, y_pred, codes)), flush=True)
+    print(f1_scores(y_true, y_pred, codes).line("image model"), flush=True)
 
     start = time.perf_counter()
     plain = View("plain")
     baseline = linear_probe_predictions(cache.features(plain, train["index"]),
                                         train["prdtypecode"].to_numpy(), cache.features(plain, val["index"]))
-    print(_line("linear probe", f1_scores(y_true, baseline, codes))
+    print(f1_scores(y_true, baseline, codes).line("linear probe")
           + f"  [{time.perf_counter() - start:.0f} s]", flush=True)
 
     size = bundle_size_bytes(bundle.path)

@@ -28,7 +28,7 @@ from sklearn.svm import LinearSVC
 
 from common.model_bundle import bundle_size_bytes, read_bundle
 from training.data import PROJECT_ROOT, data_dir
-from training.reports import F1Scores, f1_scores, write_report
+from training.reports import f1_scores, write_report
 from training.text_model import (INPUT_NAMES, MODEL_NAME, SERVING_SIGNATURE, predict_probabilities,
                                  text_inputs, train_study_baseline)
 from training.train_text import TextSplits, load_text_splits
@@ -95,10 +95,6 @@ BASELINES: dict[str, Callable[[TextSplits], np.ndarray]] = {
 }
 
 
-def _line(name: str, scores: F1Scores) -> str:
-    return f"{name}  weighted F1 {scores.weighted:.4f}  macro F1 {scores.macro:.4f}  (n={scores.rows})"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="data folder (default: $RAKUTEN_DATA or ../shared/rakuten)")
@@ -120,13 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     y_true = splits.val["prdtypecode"].to_numpy()
     probabilities = bundle_probabilities(bundle.path, splits.val)
     y_pred = np.asarray(bundle_codes)[probabilities.argmax(axis=1)]
-    print(_line("text model", f1_scores(y_true, y_pred, splits.codes)), flush=True)
+    print(f1_scores(y_true, y_pred, splits.codes).line("text model"), flush=True)
 
     baselines = []
     for name, predict in BASELINES.items():
         start = time.perf_counter()
         predictions = predict(splits)
-        print(_line(name, f1_scores(y_true, predictions, splits.codes))
+        print(f1_scores(y_true, predictions, splits.codes).line(name)
               + f"  [{time.perf_counter() - start:.0f} s]", flush=True)
         baselines.append((name, predictions))
 

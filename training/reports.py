@@ -30,6 +30,10 @@ class F1Scores:
     macro: float
     rows: int
 
+    def line(self, name: str) -> str:
+        """One printed line, the same in every `make eval-*`."""
+        return f"{name}  weighted F1 {self.weighted:.4f}  macro F1 {self.macro:.4f}  (n={self.rows})"
+
 
 @dataclass(frozen=True)
 class ClassScores:
