@@ -162,8 +162,8 @@ loadtest: $(GENERATED) ## load the gateway with real traffic: CONCURRENCY=1,8,32
 	$(PY) -m bench.loadtest $(STACK_ARGS) $(if $(RATE),--rate $(RATE),--concurrency $(CONCURRENCY)) \
 		$(if $(DURATION),--duration $(DURATION))
 
-bench: $(GENERATED) ## capacity: gateway at concurrency 1-64 vs the models in process (serving efficiency)
-	$(PY) -m bench.capacity $(STACK_ARGS)
+bench: $(GENERATED) ## capacity vs in process; BASELINE=<git ref>: this checkout against that release, in one run
+	$(if $(BASELINE),$(PY) -m bench.release --baseline-ref $(BASELINE) --data $(RAKUTEN_DATA),$(PY) -m bench.capacity $(STACK_ARGS))
 
 soak: $(GENERATED) ## 10 min at 70% of the measured capacity: errors, p99 drift, memory growth (DURATION=s)
 	$(PY) -m bench.soak $(STACK_ARGS) $(if $(DURATION),--duration $(DURATION))

@@ -3,51 +3,71 @@
 `ServiceStack.start` runs text, image and fusion services on a models folder and a gateway in
 front of them (the gateway settings the fusion bundle records, as `make up` applies them);
 `ServiceStack.attach` uses a running gateway and finds the services' pids in `make up`'s run
-folder. Either way `rss()` reads each service's resident memory from /proc/<pid>/status, and
-`cpu_seconds()` the CPU time the services and this process (the load) have used, which, set
-against the whole machine's (`machine_busy_seconds`), tells how much CPU others took.
+folder. A stack can run another checkout's code (`root`: a git worktree of an earlier release),
+so that two releases are measured side by side. Either way `rss()` and `pss()` read each
+service's memory (psutil), and `cpu_seconds()` the CPU time the services and this process (the
+load) have used, which, set against the whole machine's (`machine_busy_seconds`), tells how much
+CPU others took.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Sequence
 
-from ops.local_stack import gateway_flags
-from ops.service_process import ServiceProcess
+import psutil
+
+from ops.service_process import PROJECT_ROOT, ServiceProcess
 
 BACKENDS = ("text_service", "image_service", "fusion_service")
 SERVICES = (*BACKENDS, "gateway")
 
 
-def rss_bytes(pid: int) -> int | None:
-    """Resident memory of a process (VmRSS), or None if it is gone or not readable."""
+def _process(pid: int) -> psutil.Process | None:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
+        return psutil.Process(pid)
+    except psutil.Error:
         return None
-    return None
 
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of a process, or None if it is gone or not readable."""
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return None
+
+
+def pss_bytes(pid: int) -> int | None:
+    """Proportional set size: resident memory with each page shared by n processes counted 1/n.
+
+    What a node really spends on a process: the TensorFlow or ONNX Runtime libraries mapped by
+    several services count once in the sum, not once per service as RSS counts them.
+    """
+    try:
+        return psutil.Process(pid).memory_full_info().pss
+    except psutil.Error:
+        return None
 
 
 def process_cpu_seconds(pid: int) -> float | None:
     """CPU time (user + system) a process has used, or None if it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime and stime, fields 14 and 15
-    except (OSError, ValueError, IndexError):
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return None
+    return times.user + times.system
 
 
 def machine_busy_seconds() -> float:
     """CPU time all CPUs have spent on anything but idling (including time stolen by a hypervisor)."""
-    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0) - getattr(times, "guest", 0.0) \
+        - getattr(times, "guest_nice", 0.0)
 
 
 class ServiceStack:
@@ -60,8 +80,8 @@ class ServiceStack:
 
     @classmethod
     def start(cls, models: Path, logs: Path, backend_args: dict[str, list[str]] | None = None,
-              gateway_args: Sequence[str] = (), backend_env: dict[str, dict[str, str]] | None = None
-              ) -> "ServiceStack":
+              gateway_args: Sequence[str] = (), backend_env: dict[str, dict[str, str]] | None = None,
+              root: Path = PROJECT_ROOT) -> "ServiceStack":
         """Start the three model services (in parallel), then the gateway; returns once all serve.
 
         `backend_args` and `backend_env` add flags and environment variables per module (for
@@ -71,7 +91,8 @@ class ServiceStack:
         backend_args, backend_env = backend_args or {}, backend_env or {}
         processes = {module: ServiceProcess(module, ["--models-dir", str(models), *backend_args.get("*", []),
                                                      *backend_args.get(module, [])], logs,
-                                            {**backend_env.get("*", {}), **backend_env.get(module, {})})
+                                            {**backend_env.get("*", {}), **backend_env.get(module, {})},
+                                            root=root)
                      for module in BACKENDS}
         try:
             for process in processes.values():
@@ -79,7 +100,7 @@ class ServiceStack:
             for process in processes.values():
                 process.wait_serving(300)
             processes["gateway"] = gateway_process(
-                models, logs, {module: p.address for module, p in processes.items()}, gateway_args).start()
+                models, logs, {module: p.address for module, p in processes.items()}, gateway_args, root).start()
         except BaseException:
             for process in processes.values():
                 process.kill()
@@ -100,6 +121,9 @@ class ServiceStack:
     def rss(self) -> dict[str, int | None]:
         return {module: rss_bytes(pid) for module, pid in self.pids.items()}
 
+    def pss(self) -> dict[str, int | None]:
+        return {module: pss_bytes(pid) for module, pid in self.pids.items()}
+
     def cpu_seconds(self) -> float:
         """CPU time used so far by the services and by this process (the load generator)."""
         return sum(filter(None, map(process_cpu_seconds, [*self.pids.values(), os.getpid()])))
@@ -116,12 +140,22 @@ class ServiceStack:
         self.stop()
 
 
-def gateway_process(models: Path, logs: Path, backends: dict[str, str], args: Sequence[str] = ()) -> ServiceProcess:
-    """A gateway (not started) calling `backends` ({module: address}), with the fusion choice the
-    bundle in `models` records."""
+def gateway_process(models: Path, logs: Path, backends: dict[str, str], args: Sequence[str] = (),
+                    root: Path = PROJECT_ROOT) -> ServiceProcess:
+    """A gateway (not started) calling `backends` ({module: address}), with the flags `make up` of
+    the checkout `root` gives it for the bundles in `models`."""
     addresses = [flag for module in BACKENDS
                  for flag in (f"--{module.removesuffix('_service')}-address", backends[module])]
-    return ServiceProcess("gateway", [*gateway_flags(models), *addresses, *args], logs)
+    return ServiceProcess("gateway", [*gateway_flags(root, models), *addresses, *args], logs, root=root)
+
+
+def gateway_flags(root: Path, models: Path) -> list[str]:
+    """`ops.local_stack.gateway_flags` as the checkout `root` defines it (asked in its own process,
+    so that an earlier release gets the flags its own gateway understands)."""
+    code = "import json, sys; from ops.local_stack import gateway_flags; print(json.dumps(gateway_flags(sys.argv[1])))"
+    out = subprocess.run([sys.executable, "-c", code, str(models)], cwd=root, check=True, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def format_rss(before: dict[str, int | None], after: dict[str, int | None]) -> list[str]:

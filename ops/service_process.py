@@ -30,19 +30,21 @@ def free_port() -> int:
 class ServiceProcess:
     """One service process; `start` returns once its health check says SERVING.
 
-    `tls` is how `channel` (health waits, tests' calls) reaches a service started with TLS flags.
+    `tls` is how `channel` (health waits, tests' calls) reaches a service started with TLS flags;
+    `root` is the checkout whose code runs (this one, or a worktree of another release).
     """
 
     def __init__(self, module: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None,
-                 tls: ClientTLS | None = None):
+                 tls: ClientTLS | None = None, root: Path = PROJECT_ROOT):
         self.module = module
+        self.root = Path(root)
         self.tls = tls
         self.port = free_port()
         self.metrics_port = free_port()
         self.args = ["--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
                      "--log-format", "text", *args]
         self.log_path = log_dir / f"{module}-{self.port}.log"
-        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(self.root), **(env or {})}
         self.process: subprocess.Popen | None = None
         self.channel: grpc.Channel | None = None
 
@@ -56,7 +58,7 @@ class ServiceProcess:
     def launch(self) -> "ServiceProcess":
         """Start the process without waiting (start several, then wait for each)."""
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args], cwd=PROJECT_ROOT,
+        self.process = subprocess.Popen([sys.executable, "-m", self.module, *self.args], cwd=self.root,
                                         env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.channel = make_channel(self.address, self.tls)
         return self
