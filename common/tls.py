@@ -3,13 +3,22 @@ a client channel (gateway to model services, `ClassifierClient`, the tests' heal
 
 Paths are checked when the settings are read: a file that cannot be read, a file that holds no
 PEM certificate, a key that does not match its certificate or half a pair stops the process at
-start with a message naming the setting, rather than failing every handshake later. Files are
-read once: when certificates are renewed, restart (roll) the processes.
+start with a message naming the setting, rather than failing every handshake later.
+
+A server reloads its certificate, key and client CA when the files change (cert-manager renews
+them in place in Kubernetes): gRPC asks `CertificateReloader` before each new handshake, which
+compares the files' modification times and sizes and rereads them only when they changed.
+Connections already open keep the certificate they were made with. A renewal caught half
+written (a key that does not match its certificate yet) is skipped, logged, and tried again at
+the next handshake, so the server keeps serving with the last good pair.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import ssl
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +26,8 @@ from typing import Sequence
 import grpc
 
 AnyPath = Path | str
+
+log = logging.getLogger(__name__)
 
 
 class TLSConfigError(ValueError):
@@ -82,12 +93,58 @@ class ServerTLS:
     def mode(self) -> str:
         return "mtls" if self.client_ca_file is not None else "tls" if self.enabled else "plaintext"
 
-    def credentials(self) -> grpc.ServerCredentials:
+    def certificate_configuration(self) -> grpc.ServerCertificateConfiguration:
+        """The files as they are now, checked as at start (a half-written renewal raises)."""
+        _check_pair(self.naming, self.cert_file, self.key_file)
         ca = self.client_ca_file
-        return grpc.ssl_server_credentials(
+        if ca is not None:
+            _check_ca(self.naming.format("client_ca"), ca)
+        return grpc.ssl_server_certificate_configuration(
             [(_read(self.naming.format("key"), self.key_file), _read(self.naming.format("cert"), self.cert_file))],
-            root_certificates=_read(self.naming.format("client_ca"), ca) if ca is not None else None,
-            require_client_auth=ca is not None)
+            root_certificates=_read(self.naming.format("client_ca"), ca) if ca is not None else None)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Credentials that follow the files: renewed certificates are used from the next handshake."""
+        reloader = CertificateReloader(self)
+        return grpc.dynamic_ssl_server_credentials(
+            reloader.initial, reloader, require_client_authentication=self.client_ca_file is not None)
+
+
+class CertificateReloader:
+    """gRPC's certificate-configuration fetcher: a new configuration when the files changed, else None."""
+
+    def __init__(self, tls: ServerTLS):
+        self.tls = tls
+        self._lock = threading.Lock()
+        self._seen = self._stamp()
+        self.initial = tls.certificate_configuration()
+        self.reloads = 0
+
+    def _stamp(self) -> tuple:
+        stamps = []
+        for path in (self.tls.cert_file, self.tls.key_file, self.tls.client_ca_file):
+            try:
+                stat = os.stat(path) if path is not None else None
+            except OSError:
+                stat = None
+            stamps.append((stat.st_mtime_ns, stat.st_size, stat.st_ino) if stat else None)
+        return tuple(stamps)
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            stamp = self._stamp()
+            if stamp == self._seen:
+                return None
+            try:
+                configuration = self.tls.certificate_configuration()
+            except TLSConfigError as error:
+                log.warning("renewed TLS files not usable yet; serving the previous certificate",
+                            extra={"error": str(error)})
+                return None
+            self._seen = stamp
+            self.reloads += 1
+            log.info("TLS certificate reloaded", extra={"cert_file": str(self.tls.cert_file)})
+            return configuration
 
 
 @dataclass(frozen=True)

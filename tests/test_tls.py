@@ -123,7 +123,8 @@ class HealthOnly:
 
 
 def check_health(address: str, tls: ClientTLS | None = None) -> int:
-    with make_channel(address, tls) as channel:
+    """One health call on a connection of its own (no subchannel shared with earlier calls)."""
+    with make_channel(address, tls, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
 
 
@@ -169,6 +170,28 @@ def test_mutual_tls_refuses_clients_without_a_valid_certificate(pki, serve):
     assert refused(address), "plaintext"
     # Probes that cannot speak TLS (Kubernetes' gRPC probes) ask the plaintext health port.
     assert check_health(f"127.0.0.1:{running.health_port}") == SERVING
+
+
+def test_server_reloads_renewed_certificates_without_a_restart(tmp_path, serve):
+    """cert-manager renews the files in place: the next handshake gets the new certificate, and a
+    half-written renewal (a key that is not the certificate's yet) leaves the old one serving."""
+    first, second = Authority(tmp_path, "first-ca"), Authority(tmp_path, "second-ca")
+    old, new = first.issue("old", server=True), second.issue("new", server=True)
+    live = Pair(tmp_path / "live.crt", tmp_path / "live.key")
+    live.cert.write_bytes(old.cert.read_bytes())
+    live.key.write_bytes(old.key.read_bytes())
+    running = serve(tls_cert_file=live.cert, tls_key_file=live.key)
+    address = f"127.0.0.1:{running.port}"
+    trusts_first, trusts_second = ClientTLS(first.cert), ClientTLS(second.cert)
+    assert check_health(address, trusts_first) == SERVING
+    assert refused(address, trusts_second)
+
+    live.cert.write_bytes(new.cert.read_bytes())  # half-way: new certificate, old key
+    assert check_health(address, trusts_first) == SERVING, "a mismatched pair must not replace the good one"
+
+    live.key.write_bytes(new.key.read_bytes())
+    assert check_health(address, trusts_second) == SERVING
+    assert refused(address, trusts_first), "new handshakes must present the renewed certificate"
 
 
 # ---- settings: half a configuration stops the service at start ---------------------------------
