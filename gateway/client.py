@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
+from common.channels import retrying_options
 from common.tls import ClientTLS, TLSConfigError, make_channel
 from rakuten.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
@@ -68,25 +69,31 @@ class ClassifierClient:
     """Calls the gateway; raises grpc.RpcError with the server's status and message on failure.
 
     `tls` for a gateway that serves TLS: `ClientTLS(ca_file=...)`, plus `cert_file` and `key_file`
-    under mutual TLS.
+    under mutual TLS. A call that meets a closed connection (a gateway draining, a connection at
+    its maximum age) is sent again by gRPC's retry policy (`common.channels`); with
+    `wait_for_ready` (the default) a call made while the gateway restarts waits for it within its
+    deadline instead of failing at once.
     """
 
     def __init__(self, address: str = "localhost:50051", timeout: float = 10.0,
-                 max_message_bytes: int = 32 * 1024 * 1024, tls: ClientTLS | None = None):
+                 max_message_bytes: int = 32 * 1024 * 1024, tls: ClientTLS | None = None,
+                 wait_for_ready: bool = True):
         self.timeout = timeout
-        self._channel = make_channel(address, tls, options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes)])
+        self.wait_for_ready = wait_for_ready
+        self._channel = make_channel(address, tls,
+                                     options=retrying_options(max_message_bytes=max_message_bytes))
         self._stub = classifier_pb2_grpc.ProductClassifierStub(self._channel)
 
     def classify(self, product: Product, top_k: int = 3, timeout: float | None = None) -> Answer:
         request = classifier_pb2.ClassifyRequest(product=product.proto(), top_k=top_k)
-        response = self._stub.Classify(request, timeout=timeout or self.timeout)
+        response = self._stub.Classify(request, timeout=timeout or self.timeout,
+                                          wait_for_ready=self.wait_for_ready)
         return Answer.from_proto(response.classification)
 
     def classify_batch(self, products: list[Product], top_k: int = 3, timeout: float | None = None) -> list[Answer]:
         request = classifier_pb2.ClassifyBatchRequest(products=[p.proto() for p in products], top_k=top_k)
-        response = self._stub.ClassifyBatch(request, timeout=timeout or self.timeout)
+        response = self._stub.ClassifyBatch(request, timeout=timeout or self.timeout,
+                                          wait_for_ready=self.wait_for_ready)
         return [Answer.from_proto(c) for c in response.classifications]
 
     def close(self) -> None:
@@ -107,22 +114,25 @@ class AsyncClassifierClient:
     """
 
     def __init__(self, address: str = "localhost:50051", timeout: float = 10.0,
-                 max_message_bytes: int = 32 * 1024 * 1024, tls: ClientTLS | None = None):
+                 max_message_bytes: int = 32 * 1024 * 1024, tls: ClientTLS | None = None,
+                 wait_for_ready: bool = True):
         self.timeout = timeout
-        self._channel = make_channel(address, tls, aio=True, options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes)])
+        self.wait_for_ready = wait_for_ready
+        self._channel = make_channel(address, tls, aio=True,
+                                     options=retrying_options(max_message_bytes=max_message_bytes))
         self._stub = classifier_pb2_grpc.ProductClassifierStub(self._channel)
 
     async def classify(self, product: Product, top_k: int = 3, timeout: float | None = None) -> Answer:
         request = classifier_pb2.ClassifyRequest(product=product.proto(), top_k=top_k)
-        response = await self._stub.Classify(request, timeout=timeout or self.timeout)
+        response = await self._stub.Classify(request, timeout=timeout or self.timeout,
+                                          wait_for_ready=self.wait_for_ready)
         return Answer.from_proto(response.classification)
 
     async def classify_batch(self, products: list[Product], top_k: int = 3,
                              timeout: float | None = None) -> list[Answer]:
         request = classifier_pb2.ClassifyBatchRequest(products=[p.proto() for p in products], top_k=top_k)
-        response = await self._stub.ClassifyBatch(request, timeout=timeout or self.timeout)
+        response = await self._stub.ClassifyBatch(request, timeout=timeout or self.timeout,
+                                          wait_for_ready=self.wait_for_ready)
         return [Answer.from_proto(c) for c in response.classifications]
 
     async def close(self) -> None:

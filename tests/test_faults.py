@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import threading
 import time
@@ -132,36 +133,29 @@ def test_backend_killed_under_load_degrades_then_full_answers_resume(stack, modu
     assert after and all(c.full for c in after), "answers degraded again after recovering"
 
 
-def test_gateway_restarted_clients_reconnect(stack):
+@pytest.mark.parametrize("attempt", range(int(os.environ.get("RESTART_REPEAT", "1"))))
+def test_gateway_restarted_under_load_costs_no_call(stack, attempt):
+    """A rolling restart: SIGTERM (the gateway drains what is in flight), then a new process. The
+    clients' retry policy and wait-for-ready (common.channels) carry every call over it.
+    `RESTART_REPEAT=20 pytest tests/test_faults.py -k restarted` restarts it 20 times in a row."""
     gateway = stack.processes["gateway"]
     with ClassifierClient(stack.address, timeout=CALL_TIMEOUT) as client, BackgroundLoad(stack.address) as load:
         assert client.classify(PRODUCT).categories
-        stopping = time.monotonic()
         gateway.stop()  # SIGTERM: a rolling restart
-        gateway.launch().wait_serving()
+        gateway.launch()
+        started = time.monotonic()
+        blocking = client.classify(PRODUCT)  # made while the gateway starts: waits for it
+        waited = time.monotonic() - started
+        gateway.wait_serving()
         serving = time.monotonic()
-        reconnected = load.wait_for(lambda c: c.started >= serving and c.code == "OK", 10, "answered after restart")
-        blocking = first_answer_seconds(client, 10)  # a blocking client's channel reconnects too
+        load.wait_for(lambda c: c.started >= serving and c.code == "OK", 10, "answered after restart")
         time.sleep(1.0)
-    print(f"reconnected {reconnected.ended - serving:.2f} s (asyncio client) and {blocking:.2f} s (blocking "
-          "client) after the gateway was SERVING again")
+    print(f"a blocking call made during the restart answered after {waited:.2f} s; "
+          f"{len(load.calls)} calls under load")
+    assert blocking.categories
     errors = [c for c in load.calls if c.code != "OK"]
-    assert {c.code for c in errors} <= {"UNAVAILABLE"}, errors
-    assert all(stopping <= c.ended <= reconnected.ended for c in errors), "errors outside the restart"
-    assert all(c.full for c in load.calls if c.code == "OK")
-
-
-def first_answer_seconds(client: ClassifierClient, timeout: float) -> float:
-    """Seconds until `client` gets an answer, retrying UNAVAILABLE (a channel waiting to reconnect)."""
-    started = time.monotonic()
-    while True:
-        try:
-            client.classify(PRODUCT)
-            return time.monotonic() - started
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() - started > timeout:
-                raise
-            time.sleep(0.1)
+    assert not errors, f"{len(errors)} calls failed during the restart: {errors[:3]}"
+    assert all(c.full for c in load.calls)
 
 
 class DelayingProxy(grpc.GenericRpcHandler):

@@ -101,7 +101,10 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 async def _gateway_client(app: web.Application):
     """One gRPC channel for the app's lifetime, opened inside the server's event loop."""
     settings = app[SETTINGS]
-    app[CLIENT] = AsyncClassifierClient(settings.gateway_address, timeout=settings.gateway_timeout_seconds)
+    # A person waits at the page: a gateway that is not there is said at once (503), not after the
+    # timeout; calls that meet a closed connection are still retried (common.channels).
+    app[CLIENT] = AsyncClassifierClient(settings.gateway_address, timeout=settings.gateway_timeout_seconds,
+                                        wait_for_ready=False)
     yield
     await app[CLIENT].close()
 
