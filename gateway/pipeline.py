@@ -64,6 +64,20 @@ def batch_names(count: int) -> list[str]:
     return [f"products[{index}]" for index in range(count)]
 
 
+@dataclass
+class _Answered:
+    classification: classifier_pb2.Classification
+    reason_labels: list[str]
+
+    def deliver(self) -> classifier_pb2.Classification:
+        """The classification, counted in the metrics as it goes to the caller."""
+        for label in self.reason_labels:
+            metrics.DEGRADED.labels(label).inc()
+        metrics.ANSWERS.labels("+".join(common_pb2.Modality.Name(m)[9:].lower()
+                                        for m in self.classification.modalities)).inc()
+        return self.classification
+
+
 def validate_product(name: str, product: classifier_pb2.Product, limits: Limits) -> None:
     """What the gateway can check of one product without a model, with messages naming `name`."""
     if not product.designation.strip() and not product.description.strip() and not product.image:
@@ -137,7 +151,7 @@ class ClassificationPipeline:
         failed = [result for result in results if isinstance(result, ServiceError)]
         if failed:
             raise type(failed[0])("; ".join(error.message for error in failed))
-        return results
+        return [result.deliver() for result in results]
 
     async def classify_each(self, products: Sequence[classifier_pb2.Product], top_ks: Sequence[int],
                             deadline: float, names: Sequence[str]) -> list[classifier_pb2.Classification | ServiceError]:
@@ -166,12 +180,12 @@ class ClassificationPipeline:
                 results[todo.pop(error.item)] = error
                 continue
             for index, answer in zip(todo, answers):
-                results[index] = answer
+                results[index] = answer if isinstance(answer, ServiceError) else answer.deliver()
             break
         return results
 
     async def _answer(self, products: Sequence[classifier_pb2.Product], top_ks: Sequence[int], deadline: float,
-                      names: Sequence[str]) -> list[classifier_pb2.Classification | ServiceError]:
+                      names: Sequence[str]) -> list[_Answered | ServiceError]:
         """Valid products through the stages: an answer per product, or the Unavailable (or
         DeadlineExceeded) of one that no modality could answer. A stage's refusal of a product's
         input is raised (InvalidInput or TooLarge, with the product's position as its item)."""
@@ -219,13 +233,11 @@ class ClassificationPipeline:
             if answer.scores is None:
                 results.append(unanswerable(f"{names[i]}: no modality could answer: {', '.join(answer.reasons)}", i))
                 continue
-            for label in answer.reason_labels:
-                metrics.DEGRADED.labels(label).inc()
-            metrics.ANSWERS.labels("+".join(common_pb2.Modality.Name(m)[9:].lower() for m in answer.modalities)).inc()
-            results.append(classifier_pb2.Classification(
+            results.append(_Answered(classifier_pb2.Classification(
                 id=product.id, top_k=answer.scores.top_k(top_ks[i]), modalities=answer.modalities,
                 degraded=bool(answer.reasons), degraded_reason="; ".join(answer.reasons),
-                language=texts[i].language if i in texts else "", models=models, timings=timings))
+                language=texts[i].language if i in texts else "", models=models, timings=timings),
+                answer.reason_labels))
         return results
 
     async def _fuse(self, paired: list[int], texts, images, answers: list[_Answer], deadline: float) -> StageOutcome:

@@ -147,3 +147,7 @@ def test_stream_items_are_counted(system):
     before = counts()
     stream(system, [request("a", designation="Piscine"), request("b")])
     assert [after - was for after, was in zip(counts(), before)] == [1, 1]
+
+
+def test_an_empty_stream_ends_with_no_answers(system):
+    assert stream(system, []) == []
