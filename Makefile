@@ -170,3 +170,12 @@ soak: $(GENERATED) ## 10 min at 70% of the measured capacity: errors, p99 drift,
 
 faults: $(GENERATED) ## under load: a backend killed, the gateway restarted, a slow backend, a new model version
 	$(PY) -m pytest -q tests/test_faults.py
+
+# ---------------------------------------------------------------------------------------------
+# Bulk classification: a CSV in the challenge's layout through the gateway's ClassifyStream into a
+# predictions CSV. Run it again after an interruption: it resumes where the output stops.
+.PHONY: classify-file
+
+classify-file: $(GENERATED) ## INPUT=X.csv IMAGES=dir OUT=predictions.csv through the gateway (ADDRESS), resumable
+	$(PY) -m gateway.client classify-file $(INPUT) $(if $(IMAGES),--images $(IMAGES)) --out $(OUT) \
+		--address $(or $(ADDRESS),$(GATEWAY_ADDRESS))

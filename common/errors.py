@@ -14,9 +14,12 @@ class ServiceError(Exception):
 
     code = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, item: int | None = None):
         super().__init__(message)
         self.message = message
+        # The position of the request item the error is about, when it is about one: a stream
+        # answers that item with the error and goes on with the others.
+        self.item = item
 
 
 class InvalidInput(ServiceError):

@@ -2,6 +2,7 @@
 
     python -m gateway.client --designation "Piscine tubulaire 300 x 76 cm" --image photo.jpg
     python -m gateway.client --designation "..." --description "..." --top-k 5 --json
+    python -m gateway.client classify-file X_test.csv --images images/ --out predictions.csv
 
 The class keeps one channel open for its lifetime: make one and reuse it.
 """
@@ -13,6 +14,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import grpc
 from google.protobuf import json_format
@@ -65,6 +67,23 @@ class Answer:
             timings={t.stage: t.seconds for t in message.timings}, id=message.id, raw=message)
 
 
+@dataclass
+class StreamAnswer:
+    """One product's outcome in a stream: its answer, or its error (status code name and message)."""
+
+    id: str
+    answer: Answer | None
+    error_code: str = ""
+    error_message: str = ""
+
+    @classmethod
+    def from_proto(cls, message: classifier_pb2.ClassifyStreamResponse) -> "StreamAnswer":
+        if message.HasField("error"):
+            code = next((c.name for c in grpc.StatusCode if c.value[0] == message.error.code), str(message.error.code))
+            return cls(message.id, None, code, message.error.message)
+        return cls(message.id, Answer.from_proto(message.classification))
+
+
 class ClassifierClient:
     """Calls the gateway; raises grpc.RpcError with the server's status and message on failure.
 
@@ -95,6 +114,19 @@ class ClassifierClient:
         response = self._stub.ClassifyBatch(request, timeout=timeout or self.timeout,
                                           wait_for_ready=self.wait_for_ready)
         return [Answer.from_proto(c) for c in response.classifications]
+
+    def classify_stream(self, products: Iterable[Product], top_k: int = 3,
+                        timeout: float | None = None) -> Iterator[StreamAnswer]:
+        """Every product through ClassifyStream; answers as they come (match them by id). `products`
+        is read only as fast as the gateway takes them. No deadline unless `timeout` (the whole
+        stream); each group of products has the gateway's own."""
+        requests = (classifier_pb2.ClassifyRequest(product=p.proto(), top_k=top_k) for p in products)
+        call = self._stub.ClassifyStream(requests, timeout=timeout)
+        try:
+            for response in call:
+                yield StreamAnswer.from_proto(response)
+        finally:
+            call.cancel()
 
     def close(self) -> None:
         self._channel.close()
@@ -160,24 +192,42 @@ def render(answer: Answer) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.client", description=__doc__.splitlines()[0])
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """--address and the TLS flags, shared by every command of the client."""
     parser.add_argument("--address", default="localhost:50051", help="gateway host:port")
+    parser.add_argument("--tls-ca", type=Path, help="PEM CA of the gateway's certificate: connect over TLS")
+    parser.add_argument("--tls-cert", type=Path, help="PEM client certificate, for a gateway under mutual TLS")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-server-name", default="", help="name to verify in the gateway's certificate")
+
+
+def connection_tls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ClientTLS:
+    try:
+        return ClientTLS(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name, naming="--tls-{}")
+    except TLSConfigError as error:
+        parser.error(str(error))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["classify-file"]:
+        from gateway import classify_file
+
+        return classify_file.main(argv[1:])
+    if argv[:1] == ["classify"]:
+        argv = argv[1:]
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.client [classify]", description="Classify one product.",
+        epilog="python -m gateway.client classify-file --help: a CSV file of products through ClassifyStream")
+    add_connection_arguments(parser)
     parser.add_argument("--designation", default="", help="product title")
     parser.add_argument("--description", default="", help="product description (HTML allowed)")
     parser.add_argument("--image", type=Path, help="path of the product image (JPEG, PNG, WebP, GIF)")
     parser.add_argument("--top-k", type=int, default=3, help="number of categories (1-27)")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     parser.add_argument("--json", action="store_true", help="print the raw answer as JSON")
-    parser.add_argument("--tls-ca", type=Path, help="PEM CA of the gateway's certificate: connect over TLS")
-    parser.add_argument("--tls-cert", type=Path, help="PEM client certificate, for a gateway under mutual TLS")
-    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
-    parser.add_argument("--tls-server-name", default="", help="name to verify in the gateway's certificate")
     args = parser.parse_args(argv)
-    try:
-        tls = ClientTLS(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name, naming="--tls-{}")
-    except TLSConfigError as error:
-        parser.error(str(error))
+    tls = connection_tls(parser, args)
     product = Product(args.designation, args.description, args.image.read_bytes() if args.image else b"")
     with ClassifierClient(args.address, timeout=args.timeout, tls=tls) as client:
         try:

@@ -5,6 +5,7 @@ batched call under the caller's deadline. Products with both go to fusion. A sta
 degrades the products that needed it to the other modality (marked, with the reason); when the
 fusion service fails, late fusion in the gateway answers (marked). Only a product that no
 modality can answer fails the call, with UNAVAILABLE naming the product and the reasons.
+`classify_each` is the same for a stream: each product gets its answer or its own error.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Sequence
 
 import grpc
 
-from common.errors import DeadlineExceeded, InvalidInput, TooLarge, Unavailable
+from common.errors import DeadlineExceeded, InvalidInput, ServiceError, TooLarge, Unavailable
 from gateway import metrics
 from gateway.backends import CallerError, StageOutcome, call_stage
 from gateway.fusion import ScoreVector, late_fusion
@@ -58,29 +59,56 @@ class _Answer:
     reason_labels: list[str] = field(default_factory=list)
 
 
+def batch_names(count: int) -> list[str]:
+    """How a batch's messages name its products: products[0], products[1], ..."""
+    return [f"products[{index}]" for index in range(count)]
+
+
+@dataclass
+class _Answered:
+    classification: classifier_pb2.Classification
+    reason_labels: list[str]
+
+    def deliver(self) -> classifier_pb2.Classification:
+        """The classification, counted in the metrics as it goes to the caller."""
+        for label in self.reason_labels:
+            metrics.DEGRADED.labels(label).inc()
+        metrics.ANSWERS.labels("+".join(common_pb2.Modality.Name(m)[9:].lower()
+                                        for m in self.classification.modalities)).inc()
+        return self.classification
+
+
+def validate_product(name: str, product: classifier_pb2.Product, limits: Limits) -> None:
+    """What the gateway can check of one product without a model, with messages naming `name`."""
+    if not product.designation.strip() and not product.description.strip() and not product.image:
+        raise InvalidInput(f"{name}: designation, description and image are all empty")
+    check_text_field(f"{name}.designation", product.designation, limits.max_designation_chars)
+    check_text_field(f"{name}.description", product.description, limits.max_description_chars)
+    if len(product.image) > limits.max_image_bytes:
+        raise TooLarge(f"{name}.image: {len(product.image)} bytes, the limit is {limits.max_image_bytes}")
+
+
 def validate(products: Sequence[classifier_pb2.Product], limits: Limits) -> None:
-    """What the gateway can check without a model, with messages naming products[i]."""
+    """A batch's checks, with messages naming products[i]."""
     if not products:
         raise InvalidInput("products: empty batch, send at least one product")
     if len(products) > limits.max_products:
         raise TooLarge(f"products: {len(products)} products, the limit is {limits.max_products} per call")
-    for index, product in enumerate(products):
-        name = f"products[{index}]"
-        if not product.designation.strip() and not product.description.strip() and not product.image:
-            raise InvalidInput(f"{name}: designation, description and image are all empty")
-        check_text_field(f"{name}.designation", product.designation, limits.max_designation_chars)
-        check_text_field(f"{name}.description", product.description, limits.max_description_chars)
-        if len(product.image) > limits.max_image_bytes:
-            raise TooLarge(f"{name}.image: {len(product.image)} bytes, the limit is {limits.max_image_bytes}")
+    for index, (name, product) in enumerate(zip(batch_names(len(products)), products)):
+        try:
+            validate_product(name, product, limits)
+        except ServiceError as error:
+            error.item = index
+            raise
 
 
 def has_text(product: classifier_pb2.Product) -> bool:
     return bool(product.designation.strip() or product.description.strip())
 
 
-def _caller_error(error: CallerError, positions: list[int]) -> InvalidInput | TooLarge | None:
-    """A stage's 'images[2].data: ...' becomes 'products[5].image: ...' for the caller, with the
-    stage's status. None for a RESOURCE_EXHAUSTED that names no item (the stage's queue is full):
+def _caller_error(error: CallerError, positions: list[int], names: Sequence[str]) -> InvalidInput | TooLarge | None:
+    """A stage's 'images[2].data: ...' becomes 'products[5].image: ...' (the product's name) for
+    the caller, with the stage's status and the product's position as its item. None for a RESOURCE_EXHAUSTED that names no item (the stage's queue is full):
     that is the stage's trouble, and the answer degrades."""
     too_large = error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     match = _STAGE_FIELD.match(error.details)
@@ -90,7 +118,7 @@ def _caller_error(error: CallerError, positions: list[int]) -> InvalidInput | To
     part = {"texts": "", "images": ".image", "inputs": ""}[match.group(1)]
     if match.group(1) == "texts" and match.group(3):
         part = match.group(3)
-    return (TooLarge if too_large else InvalidInput)(f"products[{product}]{part}{error.details[match.end():]}")
+    return (TooLarge if too_large else InvalidInput)(f"{names[product]}{part}{error.details[match.end():]}", product)
 
 
 class ClassificationPipeline:
@@ -100,14 +128,15 @@ class ClassificationPipeline:
         self.policy = policy
         self.retry_backoff_s = retry_backoff_s
 
-    async def _stage(self, stage: str, method, request, positions: list[int], deadline: float) -> StageOutcome:
+    async def _stage(self, stage: str, method, request, positions: list[int], deadline: float,
+                     names: Sequence[str] = ()) -> StageOutcome:
         if not positions:
             return StageOutcome(stage)
         try:
             outcome = await call_stage(stage, method, request, deadline, self.retry_backoff_s)
         except CallerError as error:
             # Embeddings come from our own encoders: a refused fusion input is ours, not the caller's.
-            refusal = None if stage == FUSION else _caller_error(error, positions)
+            refusal = None if stage == FUSION else _caller_error(error, positions, names)
             if refusal is not None:
                 raise refusal from None
             outcome = StageOutcome(stage, failure=f"{stage}: {error.code.name}: {error.details}", seconds=error.seconds)
@@ -116,8 +145,51 @@ class ClassificationPipeline:
 
     async def classify(self, products: Sequence[classifier_pb2.Product], top_k: int,
                        deadline: float) -> list[classifier_pb2.Classification]:
-        started = time.monotonic()
+        """A batch: every product answered, or the call fails with the first problem."""
         validate(products, self.limits)
+        results = await self._answer(products, [top_k] * len(products), deadline, batch_names(len(products)))
+        failed = [result for result in results if isinstance(result, ServiceError)]
+        if failed:
+            raise type(failed[0])("; ".join(error.message for error in failed))
+        return [result.deliver() for result in results]
+
+    async def classify_each(self, products: Sequence[classifier_pb2.Product], top_ks: Sequence[int],
+                            deadline: float, names: Sequence[str]) -> list[classifier_pb2.Classification | ServiceError]:
+        """A stream's group: each product's answer, or its own error (named `names[i]`) in its place.
+
+        A product that fails validation never reaches the stages; one that a stage refuses is
+        answered with that refusal and the others go through the stages again without it.
+        """
+        results: list[classifier_pb2.Classification | ServiceError | None] = [None] * len(products)
+        todo = []
+        for index, (name, product) in enumerate(zip(names, products)):
+            try:
+                validate_product(name, product, self.limits)
+                todo.append(index)
+            except ServiceError as error:
+                results[index] = error
+        while todo:
+            try:
+                answers = await self._answer([products[i] for i in todo], [top_ks[i] for i in todo], deadline,
+                                             [names[i] for i in todo])
+            except ServiceError as error:
+                if error.item is None:  # a refusal naming no product: every product of the call
+                    for index in todo:
+                        results[index] = error
+                    break
+                results[todo.pop(error.item)] = error
+                continue
+            for index, answer in zip(todo, answers):
+                results[index] = answer if isinstance(answer, ServiceError) else answer.deliver()
+            break
+        return results
+
+    async def _answer(self, products: Sequence[classifier_pb2.Product], top_ks: Sequence[int], deadline: float,
+                      names: Sequence[str]) -> list[_Answered | ServiceError]:
+        """Valid products through the stages: an answer per product, or the Unavailable (or
+        DeadlineExceeded) of one that no modality could answer. A stage's refusal of a product's
+        input is raised (InvalidInput or TooLarge, with the product's position as its item)."""
+        started = time.monotonic()
         text_positions = [i for i, p in enumerate(products) if has_text(p)]
         image_positions = [i for i, p in enumerate(products) if p.image]
         text_request = text_pb2.EncodeTextRequest(all_classes=True, texts=[
@@ -126,8 +198,8 @@ class ClassificationPipeline:
         image_request = image_pb2.EncodeImageRequest(all_classes=True, images=[
             image_pb2.ImageInput(data=products[i].image) for i in image_positions])
         text_outcome, image_outcome = await asyncio.gather(
-            self._stage(TEXT, self.stubs.text.Encode, text_request, text_positions, deadline),
-            self._stage(IMAGE, self.stubs.image.Encode, image_request, image_positions, deadline))
+            self._stage(TEXT, self.stubs.text.Encode, text_request, text_positions, deadline, names),
+            self._stage(IMAGE, self.stubs.image.Encode, image_request, image_positions, deadline, names))
         texts = dict(zip(text_positions, text_outcome.response.results)) if text_outcome.ok else {}
         images = dict(zip(image_positions, image_outcome.response.results)) if image_outcome.ok else {}
 
@@ -147,12 +219,8 @@ class ClassificationPipeline:
             if i in image_positions and i not in images:
                 answer.reasons.append(f"image unavailable ({image_outcome.failure})")
                 answer.reason_labels.append("image_failed")
-        unanswered = [i for i, a in enumerate(answers) if a.scores is None]
-        if unanswered:
-            message = "; ".join(f"products[{i}]: no modality could answer: {', '.join(answers[i].reasons)}"
-                                for i in unanswered)
-            failed = [o for o in (text_outcome, image_outcome) if o.called and not o.ok]
-            raise (DeadlineExceeded if all(o.timed_out for o in failed) else Unavailable)(message)
+        failed = [o for o in (text_outcome, image_outcome) if o.called and not o.ok]
+        unanswerable = DeadlineExceeded if all(o.timed_out for o in failed) else Unavailable
 
         models = [stage.response.model for stage in (text_outcome, image_outcome, fusion_outcome) if stage.ok]
         total = time.monotonic() - started
@@ -162,13 +230,14 @@ class ClassificationPipeline:
         timings.append(common_pb2.StageTiming(stage="total", seconds=total))
         results = []
         for i, (product, answer) in enumerate(zip(products, answers)):
-            for label in answer.reason_labels:
-                metrics.DEGRADED.labels(label).inc()
-            metrics.ANSWERS.labels("+".join(common_pb2.Modality.Name(m)[9:].lower() for m in answer.modalities)).inc()
-            results.append(classifier_pb2.Classification(
-                id=product.id, top_k=answer.scores.top_k(top_k), modalities=answer.modalities,
+            if answer.scores is None:
+                results.append(unanswerable(f"{names[i]}: no modality could answer: {', '.join(answer.reasons)}", i))
+                continue
+            results.append(_Answered(classifier_pb2.Classification(
+                id=product.id, top_k=answer.scores.top_k(top_ks[i]), modalities=answer.modalities,
                 degraded=bool(answer.reasons), degraded_reason="; ".join(answer.reasons),
-                language=texts[i].language if i in texts else "", models=models, timings=timings))
+                language=texts[i].language if i in texts else "", models=models, timings=timings),
+                answer.reason_labels))
         return results
 
     async def _fuse(self, paired: list[int], texts, images, answers: list[_Answer], deadline: float) -> StageOutcome:

@@ -13,6 +13,7 @@ from common.settings import ServiceSettings
 from common.tls import ClientTLS
 from gateway.backends import open_channel
 from gateway.pipeline import ClassificationPipeline, FusionPolicy, Limits, Stubs
+from gateway.stream import ProductStream, StreamPolicy
 from rakuten.v1 import classifier_pb2, classifier_pb2_grpc, fusion_pb2_grpc, image_pb2_grpc, text_pb2_grpc
 
 SERVICE_NAME = classifier_pb2.DESCRIPTOR.services_by_name["ProductClassifier"].full_name
@@ -32,7 +33,12 @@ class GatewaySettings(ServiceSettings):
     retry_backoff_ms: float = Field(50.0, ge=0, description="wait before the one retry of an UNAVAILABLE stage")
     answer_reserve_ms: float = Field(
         50.0, ge=0, description="stages must end this long before the caller's deadline, to degrade and answer")
-    max_products_per_request: int = Field(64, ge=1, description="most products in one ClassifyBatch")
+    max_products_per_request: int = Field(
+        64, ge=1, description="most products in one ClassifyBatch (and in one pipeline call of a ClassifyStream)")
+    stream_window: int = Field(
+        64, ge=1, description="most products a ClassifyStream holds unanswered; it stops reading while full")
+    stream_group_delay_ms: float = Field(
+        2.0, ge=0, le=1000, description="how long a ClassifyStream group waits for more products to arrive")
     max_designation_chars: int = Field(1_000, ge=1, description="longest title accepted")
     max_description_chars: int = Field(50_000, ge=1, description="longest description accepted")
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest encoded image accepted")
@@ -81,6 +87,12 @@ class Gateway(classifier_pb2_grpc.ProductClassifierServicer):
                    s.max_image_bytes),
             FusionPolicy(s.fusion_mode, s.late_fusion_text_weight), s.retry_backoff_ms / 1000.0)
 
+    def stream_policy(self) -> StreamPolicy:
+        s = self.settings
+        return StreamPolicy(window=s.stream_window, group_size=s.max_products_per_request,
+                            group_delay_s=s.stream_group_delay_ms / 1000.0,
+                            item_deadline_s=s.default_deadline_seconds, answer_reserve_s=s.answer_reserve_ms / 1000.0)
+
     async def stop(self) -> None:
         for channel in self._channels:
             await channel.close()
@@ -104,3 +116,10 @@ class Gateway(classifier_pb2_grpc.ProductClassifierServicer):
         k = self._top_k(request.top_k)
         results = await self.pipeline.classify(request.products, k, self._deadline(context))
         return classifier_pb2.ClassifyBatchResponse(classifications=results)
+
+    async def ClassifyStream(self, request_iterator, context):
+        remaining = context.time_remaining()
+        stream = ProductStream(self.pipeline, self.stream_policy(), self._top_k,
+                               None if remaining is None else time.monotonic() + remaining)
+        async for response in stream.answers(request_iterator):
+            yield response

@@ -97,7 +97,13 @@ class FakeBackend:
 
 
 @pytest.fixture
-def system(port_factory):
+def gateway_overrides():
+    """Gateway settings a test module (or a test, by parametrizing this name) changes."""
+    return {}
+
+
+@pytest.fixture
+def system(port_factory, gateway_overrides):
     """Runs the gateway and three fake backends in one event loop in a background thread."""
     import threading
 
@@ -122,7 +128,8 @@ def system(port_factory):
         host="127.0.0.1", port=port_factory(), shutdown_grace_seconds=0, n_classes=3, late_fusion_text_weight=0.6,
         text_address=f"127.0.0.1:{servers['text'].port}", image_address=f"127.0.0.1:{servers['image'].port}",
         fusion_address=f"127.0.0.1:{servers['fusion'].port}", retry_backoff_ms=20,
-        answer_reserve_ms=300)  # room to answer on a busy test machine
+        answer_reserve_ms=300,  # room to answer on a busy test machine
+        **gateway_overrides)
     gateway = run(start_server(Gateway(gateway_settings), gateway_settings, with_metrics=False))
     channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
 
