@@ -106,13 +106,13 @@ class ClassifierClient:
     def classify(self, product: Product, top_k: int = 3, timeout: float | None = None) -> Answer:
         request = classifier_pb2.ClassifyRequest(product=product.proto(), top_k=top_k)
         response = self._stub.Classify(request, timeout=timeout or self.timeout,
-                                          wait_for_ready=self.wait_for_ready)
+                                       wait_for_ready=self.wait_for_ready)
         return Answer.from_proto(response.classification)
 
     def classify_batch(self, products: list[Product], top_k: int = 3, timeout: float | None = None) -> list[Answer]:
         request = classifier_pb2.ClassifyBatchRequest(products=[p.proto() for p in products], top_k=top_k)
         response = self._stub.ClassifyBatch(request, timeout=timeout or self.timeout,
-                                          wait_for_ready=self.wait_for_ready)
+                                            wait_for_ready=self.wait_for_ready)
         return [Answer.from_proto(c) for c in response.classifications]
 
     def classify_stream(self, products: Iterable[Product], top_k: int = 3,
@@ -121,7 +121,7 @@ class ClassifierClient:
         is read only as fast as the gateway takes them. No deadline unless `timeout` (the whole
         stream); each group of products has the gateway's own."""
         requests = (classifier_pb2.ClassifyRequest(product=p.proto(), top_k=top_k) for p in products)
-        call = self._stub.ClassifyStream(requests, timeout=timeout)
+        call = self._stub.ClassifyStream(requests, timeout=timeout, wait_for_ready=self.wait_for_ready)
         try:
             for response in call:
                 yield StreamAnswer.from_proto(response)
@@ -157,14 +157,14 @@ class AsyncClassifierClient:
     async def classify(self, product: Product, top_k: int = 3, timeout: float | None = None) -> Answer:
         request = classifier_pb2.ClassifyRequest(product=product.proto(), top_k=top_k)
         response = await self._stub.Classify(request, timeout=timeout or self.timeout,
-                                          wait_for_ready=self.wait_for_ready)
+                                             wait_for_ready=self.wait_for_ready)
         return Answer.from_proto(response.classification)
 
     async def classify_batch(self, products: list[Product], top_k: int = 3,
                              timeout: float | None = None) -> list[Answer]:
         request = classifier_pb2.ClassifyBatchRequest(products=[p.proto() for p in products], top_k=top_k)
         response = await self._stub.ClassifyBatch(request, timeout=timeout or self.timeout,
-                                          wait_for_ready=self.wait_for_ready)
+                                                  wait_for_ready=self.wait_for_ready)
         return [Answer.from_proto(c) for c in response.classifications]
 
     async def close(self) -> None:
