@@ -93,12 +93,32 @@ def _caller_error(error: CallerError, positions: list[int]) -> InvalidInput | To
     return (TooLarge if too_large else InvalidInput)(f"products[{product}]{part}{error.details[match.end():]}")
 
 
+def needs_review(top_probability: float, review_threshold: float) -> bool:
+    """Whether an answer is too unsure to act on without a person: the one place that decides it."""
+    return top_probability < review_threshold
+
+
+def count_answer(answer: _Answer, review_threshold: float) -> None:
+    """What was served, for the monitoring: the answer's modalities and top class, how sure it is,
+    whether it needs review, and why it is degraded (gateway/metrics.py)."""
+    modalities = "+".join(common_pb2.Modality.Name(m)[9:].lower() for m in answer.modalities)
+    code, probability = answer.scores.best()
+    metrics.ANSWERS.labels(modalities, str(code)).inc()
+    metrics.TOP_PROBABILITY.labels(modalities).observe(probability)
+    if needs_review(probability, review_threshold):
+        metrics.NEEDS_REVIEW.labels(modalities).inc()
+    for label in answer.reason_labels:
+        metrics.DEGRADED.labels(label).inc()
+
+
 class ClassificationPipeline:
-    def __init__(self, stubs: Stubs, limits: Limits, policy: FusionPolicy, retry_backoff_s: float):
+    def __init__(self, stubs: Stubs, limits: Limits, policy: FusionPolicy, retry_backoff_s: float,
+                 review_threshold: float):
         self.stubs = stubs
         self.limits = limits
         self.policy = policy
         self.retry_backoff_s = retry_backoff_s
+        self.review_threshold = review_threshold
 
     async def _stage(self, stage: str, method, request, positions: list[int], deadline: float) -> StageOutcome:
         if not positions:
@@ -162,9 +182,7 @@ class ClassificationPipeline:
         timings.append(common_pb2.StageTiming(stage="total", seconds=total))
         results = []
         for i, (product, answer) in enumerate(zip(products, answers)):
-            for label in answer.reason_labels:
-                metrics.DEGRADED.labels(label).inc()
-            metrics.ANSWERS.labels("+".join(common_pb2.Modality.Name(m)[9:].lower() for m in answer.modalities)).inc()
+            count_answer(answer, self.review_threshold)
             results.append(classifier_pb2.Classification(
                 id=product.id, top_k=answer.scores.top_k(top_k), modalities=answer.modalities,
                 degraded=bool(answer.reasons), degraded_reason="; ".join(answer.reasons),
