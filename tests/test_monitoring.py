@@ -23,8 +23,10 @@ JOBS = {"gateway": "gateway", "text_service": "text-service", "image_service": "
 # Every metric the serving kit and the gateway define: the table in docs/metrics.md lists them.
 KIT_METRICS = {"grpc_server_started_total", "grpc_server_handled_total", "grpc_server_handling_seconds",
                "grpc_server_in_flight_requests", "model_batch_size", "model_queue_wait_seconds",
-               "model_inference_seconds", "model_queue_items", "model_version_info", "model_loads_total"}
-GATEWAY_METRICS = {"gateway_stage_seconds", "gateway_answers_total", "gateway_degraded_answers_total"}
+               "model_inference_seconds", "model_queue_items", "model_version_info", "model_loads_total",
+               "model_class_prior"}
+GATEWAY_METRICS = {"gateway_stage_seconds", "gateway_answers_total", "gateway_degraded_answers_total",
+                   "gateway_top_probability", "gateway_needs_review_answers_total"}
 
 
 def tool(find):
@@ -85,7 +87,15 @@ def test_rules_cover_the_issue():
     for q in ("p50", "p95", "p99"):
         assert "gateway_stage_seconds" in records[f"job_stage:gateway_stage_seconds:{q}"]
         assert "grpc_server_handling_seconds" in records[f"job:grpc_server_handling_seconds:{q}"]
-    for name in ("RakutenLatencySLOBreach", "RakutenHighErrorRate", "RakutenTargetDown", "RakutenServiceNotReady"):
+    # The watch on the answers: review share and class drift against the text bundle's priors.
+    assert "gateway_needs_review_answers_total" in records["job:gateway_needs_review_answers:ratio_rate5m"]
+    assert 'model_class_prior{model="text"}' in records["code:model_class_prior:reference"]
+    assert "ln(" in records["gateway:class_mix_psi:1h"]
+    from monitoring.class_drift import MIN_ANSWERS, THRESHOLD
+    assert alerts["RakutenClassMixDrift"]["expr"] == (
+        f"gateway:class_mix_psi:1h > {THRESHOLD} and on () gateway:answers:increase1h >= {MIN_ANSWERS}")
+    for name in ("RakutenLatencySLOBreach", "RakutenHighErrorRate", "RakutenTargetDown", "RakutenServiceNotReady",
+                 "RakutenClassMixDrift"):
         assert alerts[name]["labels"]["severity"] in {"warning", "critical"}
         assert alerts[name]["annotations"]["summary"] and alerts[name]["annotations"]["description"]
 
