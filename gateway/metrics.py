@@ -20,5 +20,8 @@ TOP_PROBABILITY = Histogram(
 NEEDS_REVIEW = Counter(
     "gateway_needs_review_answers_total",
     "Answers that need a human look: top probability below the gateway's review_threshold.", ["modalities"])
+# Zero from the start, so that the review share reads 0 rather than nothing before the first one.
+for _modalities in ("text", "image", "text+image"):
+    NEEDS_REVIEW.labels(_modalities)
 DEGRADED = Counter(
     "gateway_degraded_answers_total", "Products answered in degraded mode, by reason.", ["reason"])

@@ -8,7 +8,10 @@ rules evaluate on real traffic.
    runs), sent over several scrape intervals;
 3. the recorded per-stage quantiles (job_stage:gateway_stage_seconds:p50/p95/p99) and per-service
    quantiles (job:grpc_server_handling_seconds:p50/p95/p99) hold numbers for every stage and
-   service that the traffic went through.
+   service that the traffic went through;
+4. the watch on the answers: every model service exports its bundle's class priors
+   (model_class_prior), the answers are counted per predicted class, and the top-probability
+   median, the review share and the class drift figure (gateway:class_mix_psi:1h) are numbers.
 
 Prints one PASS or FAIL line (with details before it on failure); exit status 0 or 1.
 """
@@ -56,6 +59,25 @@ def query(prometheus: str, expr: str) -> list[tuple[dict, float]]:
 def recorded(prometheus: str, metric: str, label: str) -> dict[str, float]:
     """label value -> recorded value, finite ones only (no traffic in the window gives NaN)."""
     return {m.get(label, ""): v for m, v in query(prometheus, metric) if math.isfinite(v)}
+
+
+def answers_watch(prometheus: str) -> str | None:
+    """A summary of the answer series, or None while one of them is missing."""
+    def one(expr: str) -> float | None:
+        values = [v for _, v in query(prometheus, expr) if math.isfinite(v)]
+        return values[0] if values else None
+
+    priors = {m.get("model") for m, _ in query(prometheus, "count by (model) (model_class_prior)")}
+    codes = {m.get("code") for m, v in query(prometheus, "sum by (code) (gateway_answers_total)") if v > 0}
+    psi = one("gateway:class_mix_psi:1h")
+    answers = one("gateway:answers:increase1h")
+    review = one('job:gateway_needs_review_answers:ratio_rate5m{job="gateway"}')
+    top = one("histogram_quantile(0.5, sum by (le) (rate(gateway_top_probability_bucket[1m])))")
+    if not ({"text", "image", "fusion"} <= priors and codes) or None in (psi, answers, review, top):
+        return None
+    return (f"answers watched: class priors of {', '.join(sorted(priors))}, {len(codes)} classes served, "
+            f"top probability p50 {top:.2f}, review share {100 * review:.0f}%, "
+            f"class drift PSI {psi:.3f} over {answers:.0f} answers in the hour")
 
 
 def example_products():
@@ -107,17 +129,20 @@ def run(prometheus: str, gateway: str, timeout: float) -> tuple[bool, str]:
             stages = {q: recorded(prometheus, f"job_stage:gateway_stage_seconds:{q}", "stage") for q in QUANTILES}
             services = {q: recorded(prometheus, f"job:grpc_server_handling_seconds:{q}", "job") for q in QUANTILES}
             wanted_jobs = {"gateway", *(STAGE_JOB[s] for s in stages_called if s in STAGE_JOB)}
+            watched = answers_watch(prometheus)
             if (stages_called and all(stages_called <= set(stages[q]) for q in QUANTILES)
-                    and all(wanted_jobs <= set(services[q]) for q in QUANTILES)):
+                    and all(wanted_jobs <= set(services[q]) for q in QUANTILES) and watched):
                 total = stages["p95"]["total"] * 1000
                 return True, (f"{up}; {sent} classifications sent; recording rules evaluate: "
                               f"p50/p95/p99 for stages {', '.join(sorted(stages_called))} "
-                              f"and services {', '.join(sorted(wanted_jobs))} (p95 total {total:.1f} ms)")
+                              f"and services {', '.join(sorted(wanted_jobs))} (p95 total {total:.1f} ms); {watched}")
             time.sleep(1)
     if not stages_called:
         return False, f"{up}; no classification answered ({failed} failed)"
+    watched = answers_watch(prometheus) or ("answer series incomplete (model_class_prior per model, gateway_answers_total "
+                                            "by code, gateway_top_probability, review share, gateway:class_mix_psi:1h)")
     return False, (f"{up}; {sent} classifications sent, but after {timeout:.0f} s the recorded series are "
-                   f"stages {stages} services {services} (expected stages {sorted(stages_called)})")
+                   f"stages {stages} services {services} (expected stages {sorted(stages_called)}); {watched}")
 
 
 def main(argv: list[str] | None = None) -> int:

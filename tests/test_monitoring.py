@@ -122,7 +122,9 @@ def test_dashboard_queries_known_metrics():
     exprs = " ".join(t["expr"] for p in panels for t in p.get("targets", []))
     for metric in ("grpc_server_handled_total", "grpc_server_handling_seconds_bucket", "gateway_stage_seconds_bucket",
                    "model_batch_size", "model_queue_wait_seconds_bucket", "gateway_degraded_answers_total",
-                   "grpc_server_in_flight_requests", "model_version_info"):
+                   "grpc_server_in_flight_requests", "model_version_info", "gateway_answers_total",
+                   "gateway_top_probability_bucket", "gateway_needs_review_answers_total", "model_class_prior",
+                   "gateway:class_mix_psi:1h"):
         assert metric in exprs, f"no panel uses {metric}"
     for quantile in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({quantile}" in exprs
@@ -174,6 +176,7 @@ def stack(tmp_path_factory):
 def test_every_service_metrics_pass_promtool(stack):
     from gateway.client import ClassifierClient
     from monitoring.check import example_products
+    from tests.synthetic_products import LABELS
 
     promtool = tool(tools.promtool)
     with ClassifierClient(stack["gateway"].address, timeout=30) as client:
@@ -189,8 +192,11 @@ def test_every_service_metrics_pass_promtool(stack):
             assert GATEWAY_METRICS <= families
             for stage in ("text", "image", "fusion", "total"):
                 assert f'gateway_stage_seconds_bucket{{le="0.001",stage="{stage}"}}' in text
+            assert re.search(r'gateway_answers_total\{code="\d+",modalities="text\+image"\} [1-9]', text)
+            assert 'gateway_top_probability_bucket{le="+Inf",modalities="text+image"}' in text
         else:
             assert 'model_version_info{model="%s",version="1"} 1.0' % name.removesuffix("_service") in text
+            assert 'model_class_prior{code="%d",model="%s"}' % (LABELS[0].code, name.removesuffix("_service")) in text
             assert "model_batch_size_bucket" in text and "model_queue_wait_seconds_bucket" in text
 
 
@@ -206,6 +212,7 @@ def test_prometheus_scrapes_the_four_services_and_evaluates_the_rules(stack, tmp
         ok, message = check(prometheus.url, stack["gateway"].address, timeout=120)
         assert ok, f"{message}\nprometheus log:\n{prometheus.log()}"
         assert "4/4 targets up" in message and "fusion" in message
+        assert "answers watched: class priors of fusion, image, text" in message and "class drift PSI" in message
         # Every dashboard query is valid PromQL (an invalid one raises); all but the error and
         # degraded-answer panels find data here (no call failed).
         empty = []
