@@ -75,7 +75,7 @@ def answers_watch(prometheus: str) -> str | None:
     top = one("histogram_quantile(0.5, sum by (le) (rate(gateway_top_probability_bucket[1m])))")
     if not ({"text", "image", "fusion"} <= priors and codes) or None in (psi, answers, review, top):
         return None
-    return (f"answers watched: class priors of {', '.join(sorted(priors))}, {len(codes)} classes served, "
+    return (f"answers watched: class priors of {', '.join(sorted(priors))}, classes served: {len(codes)}, "
             f"top probability p50 {top:.2f}, review share {100 * review:.0f}%, "
             f"class drift PSI {psi:.3f} over {answers:.0f} answers in the hour")
 

@@ -210,6 +210,7 @@ def test_prometheus_scrapes_the_four_services_and_evaluates_the_rules(stack, tmp
                                  tmp_path / "prometheus").start()
     try:
         ok, message = check(prometheus.url, stack["gateway"].address, timeout=120)
+        print(message)
         assert ok, f"{message}\nprometheus log:\n{prometheus.log()}"
         assert "4/4 targets up" in message and "fusion" in message
         assert "answers watched: class priors of fusion, image, text" in message and "class drift PSI" in message
