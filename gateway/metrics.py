@@ -20,8 +20,23 @@ TOP_PROBABILITY = Histogram(
 NEEDS_REVIEW = Counter(
     "gateway_needs_review_answers_total",
     "Answers that need a human look: top probability below the gateway's review_threshold.", ["modalities"])
-# Zero from the start, so that the review share reads 0 rather than nothing before the first one.
-for _modalities in ("text", "image", "text+image"):
-    NEEDS_REVIEW.labels(_modalities)
 DEGRADED = Counter(
     "gateway_degraded_answers_total", "Products answered in degraded mode, by reason.", ["reason"])
+
+MODALITIES = ("text", "image", "text+image")
+# Series at zero from the start: a review share of 0 reads 0, not nothing, and Prometheus'
+# increase() counts a series' first answers only if it saw the series before them.
+for _modalities in MODALITIES:
+    NEEDS_REVIEW.labels(_modalities)
+    TOP_PROBABILITY.labels(_modalities)
+_answer_codes: set[int] = set()
+
+
+def know_codes(codes) -> None:
+    """Zero answer series for every class the models answer with (27 x 3 modalities), created with
+    the first answer that names the classes: only that one answer goes uncounted by increase()."""
+    if not _answer_codes.issuperset(codes):
+        for code in set(codes) - _answer_codes:
+            for modalities in MODALITIES:
+                ANSWERS.labels(modalities, str(code))
+            _answer_codes.add(code)

@@ -103,6 +103,7 @@ def count_answer(answer: _Answer, review_threshold: float) -> None:
     whether it needs review, and why it is degraded (gateway/metrics.py)."""
     modalities = "+".join(common_pb2.Modality.Name(m)[9:].lower() for m in answer.modalities)
     code, probability = answer.scores.best()
+    metrics.know_codes(answer.scores.codes)
     metrics.ANSWERS.labels(modalities, str(code)).inc()
     metrics.TOP_PROBABILITY.labels(modalities).observe(probability)
     if needs_review(probability, review_threshold):

@@ -2,10 +2,13 @@
 rules evaluate on real traffic.
 
     python -m monitoring.check [--prometheus http://127.0.0.1:9090] [--gateway localhost:50051]
+                               [--data ../shared/rakuten] [--products 300]
 
 1. /api/v1/targets: the four jobs (gateway, text-service, image-service, fusion-service) are up;
-2. a few classifications through the gateway (products with text and an image, so every stage
-   runs), sent over several scrape intervals;
+2. classifications through the gateway, sent over several scrape intervals: real products from
+   DATA/traffic in the catalogue's mix (`bench.traffic`) when the data folder has them, so that
+   the class mix means something, otherwise two invented products (text and an image each, so
+   every stage runs);
 3. the recorded per-stage quantiles (job_stage:gateway_stage_seconds:p50/p95/p99) and per-service
    quantiles (job:grpc_server_handling_seconds:p50/p95/p99) hold numbers for every stage and
    service that the traffic went through;
@@ -96,7 +99,25 @@ def example_products():
             Product("Roman policier, édition de poche", "<p>Un tome illustré</p>", jpeg(2))]
 
 
-def run(prometheus: str, gateway: str, timeout: float) -> tuple[bool, str]:
+def traffic_products(data: str | None, count: int) -> tuple[list, str]:
+    """Real products from DATA/traffic, or the invented ones when the folder has none."""
+    import os
+    from pathlib import Path
+
+    from bench.traffic import load_traffic
+
+    root = Path(data or os.environ.get("RAKUTEN_DATA") or Path(__file__).resolve().parent.parent / "../shared/rakuten")
+    try:
+        traffic = load_traffic(root, count)
+    except FileNotFoundError:
+        return example_products(), "invented products"
+    return traffic.products, f"real traffic products ({traffic.describe()})"
+
+
+def run(prometheus: str, gateway: str, timeout: float, products: list | None = None,
+        min_sent: int = 0) -> tuple[bool, str]:
+    """`products` are sent in rounds of 20 (cycling) until the series hold and at least `min_sent`
+    were sent; default: the two invented products."""
     from gateway.client import ClassifierClient
 
     deadline = time.monotonic() + timeout
@@ -115,9 +136,12 @@ def run(prometheus: str, gateway: str, timeout: float) -> tuple[bool, str]:
     stages: dict[str, dict[str, float]] = {}
     services: dict[str, dict[str, float]] = {}
     with ClassifierClient(gateway, timeout=10) as client:
-        products = example_products()
+        products = products or example_products()
+        rounds = 0
         while time.monotonic() < deadline:
-            for product in products:
+            start = (rounds * 20) % len(products)
+            rounds += 1
+            for product in (products + products)[start:start + min(20, len(products))]:
                 try:
                     answer = client.classify(product)
                     stages_called |= set(answer.timings)
@@ -130,7 +154,7 @@ def run(prometheus: str, gateway: str, timeout: float) -> tuple[bool, str]:
             services = {q: recorded(prometheus, f"job:grpc_server_handling_seconds:{q}", "job") for q in QUANTILES}
             wanted_jobs = {"gateway", *(STAGE_JOB[s] for s in stages_called if s in STAGE_JOB)}
             watched = answers_watch(prometheus)
-            if (stages_called and all(stages_called <= set(stages[q]) for q in QUANTILES)
+            if (sent >= min_sent and stages_called and all(stages_called <= set(stages[q]) for q in QUANTILES)
                     and all(wanted_jobs <= set(services[q]) for q in QUANTILES) and watched):
                 total = stages["p95"]["total"] * 1000
                 return True, (f"{up}; {sent} classifications sent; recording rules evaluate: "
@@ -149,10 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monitoring.check", description=__doc__.splitlines()[0])
     parser.add_argument("--prometheus", default="http://127.0.0.1:9090", help="Prometheus base URL")
     parser.add_argument("--gateway", default="localhost:50051", help="gateway host:port")
-    parser.add_argument("--timeout", type=float, default=90.0, help="seconds for the whole check")
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds for the whole check")
+    parser.add_argument("--data", help="data folder whose traffic/ is sent (default: $RAKUTEN_DATA or ../shared/rakuten)")
+    parser.add_argument("--products", type=int, default=300, help="real traffic products drawn (seeded)")
     args = parser.parse_args(argv)
+    products, what = traffic_products(args.data, args.products)
+    print(f"check-monitoring: sending {what}", flush=True)
     try:
-        ok, message = run(args.prometheus.rstrip("/"), args.gateway, args.timeout)
+        ok, message = run(args.prometheus.rstrip("/"), args.gateway, args.timeout, products,
+                          min_sent=len(products))  # every real product once: a class mix worth reading
     except (OSError, RuntimeError) as error:
         ok, message = False, f"cannot query Prometheus at {args.prometheus}: {error}"
     print(f"check-monitoring: {'PASS' if ok else 'FAIL'}: {message}")

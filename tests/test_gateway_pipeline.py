@@ -217,6 +217,12 @@ def test_answers_are_counted_by_class_modalities_confidence_and_review(system):
     assert served("gateway_answers_total", modalities="text", code="2583") == before["text"] + 1
     assert served("gateway_top_probability_bucket", modalities="text+image", le="0.9") == before["sure"] + 1
     assert served("gateway_needs_review_answers_total", modalities="text+image") == before["review"]
+    # Every (modalities, class) series exists from the first answer on, so increase() counts the next.
+    from prometheus_client import REGISTRY
+    for modalities in ("text", "image", "text+image"):
+        for code in CODES:
+            assert REGISTRY.get_sample_value("gateway_answers_total", {"modalities": modalities, "code": str(code)}) \
+                is not None
     system.stop("fusion")
     classify(system, designation="Piscine", image=b"jpeg")  # late fusion: 2583 at 0.52 < 0.55
     assert served("gateway_needs_review_answers_total", modalities="text+image") == before["review"] + 1
