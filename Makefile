@@ -108,7 +108,7 @@ down-monitoring: ## stop the local Prometheus (make down does it too)
 status-monitoring: ## show the local Prometheus' state
 	@$(PY) -m monitoring.prometheus status --port $(PROMETHEUS_PORT)
 
-check-monitoring: $(GENERATED) ## prove Prometheus scrapes the 4 services and the recording rules evaluate
+check-monitoring: $(GENERATED) ## prove Prometheus scrapes the 4 services, the recording rules evaluate, the answer series hold
 	$(PY) -m monitoring.check --prometheus http://127.0.0.1:$(PROMETHEUS_PORT)
 
 k8s-render: $(INSTALLED) ## render every Kubernetes overlay into run/k8s/ (kubectl kustomize)

@@ -35,6 +35,9 @@ INFERENCE_LATENCY = Histogram(
 QUEUE_DEPTH = Gauge("model_queue_items", "Items waiting in the batcher.", ["model"])
 MODEL_VERSION = Gauge(
     "model_version_info", "1 for the model version being served.", ["model", "version"])
+MODEL_CLASS_PRIOR = Gauge(
+    "model_class_prior", "Share of each class in the training labels of the version being served "
+    "(its bundle's class_priors): the reference the served class mix is compared with.", ["model", "code"])
 MODEL_LOADS = Counter(
     "model_loads_total", "Model version loads, by outcome (success, failure).", ["model", "outcome"])
 

@@ -2,7 +2,8 @@
 
 A version folder holds one SavedModel (`saved_model.pb`, `variables/`) whose `serving_default`
 signature maps named input tensors to named outputs, and a `metadata.json` next to it (labels,
-input spec, output spec, training data fingerprint, validation metrics, creation time).
+input spec, output spec, training data fingerprint, class priors of the training labels,
+validation metrics, creation time).
 Training writes bundles with `write_bundle`; the serving kit's model repository reads them.
 A version is written under a temporary name and renamed into place, so a server polling the
 folder never sees half a bundle.
@@ -40,6 +41,11 @@ class BundleInfo:
     @property
     def labels(self) -> list[Label]:
         return [Label(int(item["code"]), str(item["name"])) for item in self.metadata["labels"]]
+
+    @property
+    def class_priors(self) -> dict[int, float]:
+        """{code: share} of the labels the model was trained on; empty for a bundle without them."""
+        return {int(code): float(share) for code, share in self.metadata.get("class_priors", {}).items()}
 
 
 def versions(models_root: str | os.PathLike, name: str) -> list[int]:

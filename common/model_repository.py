@@ -71,9 +71,19 @@ class ModelRepository(Generic[Model]):
         metrics.MODEL_VERSION.labels(self.name, str(bundle.version)).set(1)
         if previous is not None:
             metrics.MODEL_VERSION.remove(self.name, str(previous[0].version))
+        self._export_class_priors(previous[0] if previous else None, bundle)
         log.info("model version serving", extra={"model": self.name, "version": bundle.version,
                                                  "path": str(bundle.path)})
         return True
+
+    def _export_class_priors(self, previous: BundleInfo | None, bundle: BundleInfo) -> None:
+        """model_class_prior follows the version serving: codes the new one lacks are removed."""
+        priors = bundle.class_priors
+        for code in (previous.class_priors if previous else {}):
+            if code not in priors:
+                metrics.MODEL_CLASS_PRIOR.remove(self.name, str(code))
+        for code, share in priors.items():
+            metrics.MODEL_CLASS_PRIOR.labels(self.name, str(code)).set(share)
 
     def start_watching(self) -> None:
         """Poll the folder every `poll_seconds` for a newer version (no-op when 0)."""

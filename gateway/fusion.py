@@ -22,6 +22,11 @@ class ScoreVector:
         self.names = {s.code: s.name for s in ordered}
         self.values = np.array([s.score for s in ordered], dtype=np.float64)
 
+    def best(self) -> tuple[int, float]:
+        """The top class's code and score (the first of equals, as top_k orders them)."""
+        i = int(np.argmax(self.values))
+        return self.codes[i], float(self.values[i])
+
     def top_k(self, k: int) -> list[common_pb2.ClassScore]:
         best = np.argsort(-self.values, kind="stable")[:k]
         return [common_pb2.ClassScore(code=self.codes[i], name=self.names[self.codes[i]],

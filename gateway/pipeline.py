@@ -67,14 +67,12 @@ def batch_names(count: int) -> list[str]:
 @dataclass
 class _Answered:
     classification: classifier_pb2.Classification
-    reason_labels: list[str]
+    answer: _Answer
+    review_threshold: float
 
     def deliver(self) -> classifier_pb2.Classification:
         """The classification, counted in the metrics as it goes to the caller."""
-        for label in self.reason_labels:
-            metrics.DEGRADED.labels(label).inc()
-        metrics.ANSWERS.labels("+".join(common_pb2.Modality.Name(m)[9:].lower()
-                                        for m in self.classification.modalities)).inc()
+        count_answer(self.answer, self.review_threshold)
         return self.classification
 
 
@@ -121,12 +119,33 @@ def _caller_error(error: CallerError, positions: list[int], names: Sequence[str]
     return (TooLarge if too_large else InvalidInput)(f"{names[product]}{part}{error.details[match.end():]}", product)
 
 
+def needs_review(top_probability: float, review_threshold: float) -> bool:
+    """Whether an answer is too unsure to act on without a person: the one place that decides it."""
+    return top_probability < review_threshold
+
+
+def count_answer(answer: _Answer, review_threshold: float) -> None:
+    """What was served, for the monitoring: the answer's modalities and top class, how sure it is,
+    whether it needs review, and why it is degraded (gateway/metrics.py)."""
+    modalities = "+".join(common_pb2.Modality.Name(m)[9:].lower() for m in answer.modalities)
+    code, probability = answer.scores.best()
+    metrics.know_codes(answer.scores.codes)
+    metrics.ANSWERS.labels(modalities, str(code)).inc()
+    metrics.TOP_PROBABILITY.labels(modalities).observe(probability)
+    if needs_review(probability, review_threshold):
+        metrics.NEEDS_REVIEW.labels(modalities).inc()
+    for label in answer.reason_labels:
+        metrics.DEGRADED.labels(label).inc()
+
+
 class ClassificationPipeline:
-    def __init__(self, stubs: Stubs, limits: Limits, policy: FusionPolicy, retry_backoff_s: float):
+    def __init__(self, stubs: Stubs, limits: Limits, policy: FusionPolicy, retry_backoff_s: float,
+                 review_threshold: float):
         self.stubs = stubs
         self.limits = limits
         self.policy = policy
         self.retry_backoff_s = retry_backoff_s
+        self.review_threshold = review_threshold
 
     async def _stage(self, stage: str, method, request, positions: list[int], deadline: float,
                      names: Sequence[str] = ()) -> StageOutcome:
@@ -237,7 +256,7 @@ class ClassificationPipeline:
                 id=product.id, top_k=answer.scores.top_k(top_ks[i]), modalities=answer.modalities,
                 degraded=bool(answer.reasons), degraded_reason="; ".join(answer.reasons),
                 language=texts[i].language if i in texts else "", models=models, timings=timings),
-                answer.reason_labels))
+                answer, self.review_threshold))
         return results
 
     async def _fuse(self, paired: list[int], texts, images, answers: list[_Answer], deadline: float) -> StageOutcome:

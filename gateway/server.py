@@ -42,6 +42,9 @@ class GatewaySettings(ServiceSettings):
     max_designation_chars: int = Field(1_000, ge=1, description="longest title accepted")
     max_description_chars: int = Field(50_000, ge=1, description="longest description accepted")
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest encoded image accepted")
+    review_threshold: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="answers whose top probability is below it count as needing review (gateway_needs_review_answers_total)")
     default_top_k: int = Field(3, ge=1, description="top_k used when a request leaves it at 0")
     n_classes: int = Field(27, ge=1, description="number of product type codes the models know")
     backend_tls_ca_file: Path | None = Field(
@@ -85,7 +88,8 @@ class Gateway(classifier_pb2_grpc.ProductClassifierServicer):
                   fusion_pb2_grpc.FusionStub(fusion)),
             Limits(s.max_products_per_request, s.max_designation_chars, s.max_description_chars,
                    s.max_image_bytes),
-            FusionPolicy(s.fusion_mode, s.late_fusion_text_weight), s.retry_backoff_ms / 1000.0)
+            FusionPolicy(s.fusion_mode, s.late_fusion_text_weight), s.retry_backoff_ms / 1000.0,
+            s.review_threshold)
 
     def stream_policy(self) -> StreamPolicy:
         s = self.settings

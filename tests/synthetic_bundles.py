@@ -12,6 +12,7 @@ import numpy as np
 
 from tests.synthetic_products import LABELS, products
 from text_service.preprocessing import preprocess
+from training.class_priors import class_priors
 from training.fitting import FitConfig
 from training.fusion_model import FusionConfig, export_fusion_bundle, train_fusion_model
 from training.image_model import FEATURE_DIM, HeadConfig, export_image_bundle, train_image_head
@@ -31,15 +32,18 @@ def build_synthetic_bundles(root: Path, embedding_dim: int = 16, rows: int = 240
         word_vocabulary=300, char_vocabulary=300, char_ngrams=(3,), embedding_dim=embedding_dim,
         fit=FitConfig(max_epochs=epochs, learning_rate=1e-2)))
     label_pairs = [(label.code, label.name) for label in LABELS]
-    export_text_bundle(text.model, root, label_pairs, training_data={}, metrics={}, hyperparameters={})
+    codes = [label.code for label in LABELS]
+    priors = class_priors(np.asarray(codes)[labels], codes)
+    export_text_bundle(text.model, root, label_pairs, training_data={}, metrics={}, hyperparameters={},
+                       class_priors=priors)
 
     rng = np.random.default_rng(0)
     features = rng.normal(size=(len(labels), FEATURE_DIM)).astype(np.float32) + np.asarray(labels)[:, None]
     head = train_image_head(features, np.asarray(labels), HeadConfig(embedding_dim=embedding_dim, ensemble=1),
                             num_classes=len(LABELS), epochs=3)
-    export_image_bundle(root, head, LABELS, training_data={}, metrics={})
+    export_image_bundle(root, head, LABELS, training_data={}, metrics={}, class_priors=priors)
 
     fusion, _ = train_fusion_model(predict_embeddings(text.model, prepared), head.outputs(features)["embedding"],
                                    labels, len(LABELS), FusionConfig(hidden_units=embedding_dim),
                                    FitConfig(max_epochs=max(2, epochs // 2)))
-    export_fusion_bundle(fusion, root, LABELS, {"metrics": {}})
+    export_fusion_bundle(fusion, root, LABELS, {"metrics": {}, "class_priors": priors})

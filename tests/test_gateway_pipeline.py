@@ -129,6 +129,7 @@ def system(port_factory, gateway_overrides):
         text_address=f"127.0.0.1:{servers['text'].port}", image_address=f"127.0.0.1:{servers['image'].port}",
         fusion_address=f"127.0.0.1:{servers['fusion'].port}", retry_backoff_ms=20,
         answer_reserve_ms=300,  # room to answer on a busy test machine
+        review_threshold=0.55,  # between late fusion's 0.52 and the fakes' 0.8
         **gateway_overrides)
     gateway = run(start_server(Gateway(gateway_settings), gateway_settings, with_metrics=False))
     channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
@@ -200,6 +201,43 @@ def test_fusion_down_falls_back_to_late_fusion(system):
     # 0.6 * text (2583: 0.8) + 0.4 * image (2705: 0.8): 2583 first at 0.52, 2705 next at 0.38
     assert [s.code for s in answer.top_k] == [2583, 2705]
     assert answer.top_k[0].score == pytest.approx(0.52)
+
+
+def served(metric, **labels):
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(metric, labels) or 0.0
+
+
+def test_answers_are_counted_by_class_modalities_confidence_and_review(system):
+    """The watch on the answers (docs/metrics.md): per predicted class and modalities, the top
+    probability histogram, answers needing review (top probability under review_threshold), degraded."""
+    before = {"fused": served("gateway_answers_total", modalities="text+image", code="10"),
+              "text": served("gateway_answers_total", modalities="text", code="2583"),
+              "sure": served("gateway_top_probability_bucket", modalities="text+image", le="0.9"),
+              "count": served("gateway_top_probability_count", modalities="text+image"),
+              "review": served("gateway_needs_review_answers_total", modalities="text+image"),
+              "degraded": served("gateway_degraded_answers_total", reason="fusion_failed")}
+    classify(system, designation="Piscine", image=b"jpeg")  # fusion: 10 at 0.8 (float32: just above 0.8)
+    classify(system, designation="Piscine")  # text: 2583 at 0.8
+    assert served("gateway_answers_total", modalities="text+image", code="10") == before["fused"] + 1
+    assert served("gateway_answers_total", modalities="text", code="2583") == before["text"] + 1
+    assert served("gateway_top_probability_bucket", modalities="text+image", le="0.9") == before["sure"] + 1
+    assert served("gateway_needs_review_answers_total", modalities="text+image") == before["review"]
+    # Every (modalities, class) series exists from the first answer on, so increase() counts the next.
+    from prometheus_client import REGISTRY
+    for modalities in ("text", "image", "text+image"):
+        for code in CODES:
+            assert REGISTRY.get_sample_value("gateway_answers_total", {"modalities": modalities, "code": str(code)}) \
+                is not None
+    system.stop("fusion")
+    classify(system, designation="Piscine", image=b"jpeg")  # late fusion: 2583 at 0.52 < 0.55
+    assert served("gateway_needs_review_answers_total", modalities="text+image") == before["review"] + 1
+    assert served("gateway_answers_total", modalities="text+image", code="2583") >= 1
+    assert served("gateway_top_probability_bucket", modalities="text+image", le="0.5") < \
+        served("gateway_top_probability_bucket", modalities="text+image", le="0.6")
+    assert served("gateway_top_probability_count", modalities="text+image") == before["count"] + 2
+    assert served("gateway_degraded_answers_total", reason="fusion_failed") == before["degraded"] + 1
 
 
 def test_a_full_image_queue_degrades_to_text(system):

@@ -108,3 +108,28 @@ def test_no_bundle_at_all_is_an_error(tmp_path):
     repository = ModelRepository(tmp_path, "text", load_fake, poll_seconds=0)
     with pytest.raises(FileNotFoundError, match="no loadable version"):
         asyncio.run(repository.load_latest())
+
+
+def test_class_priors_are_exported_for_the_version_serving_and_follow_a_swap(tmp_path):
+    from prometheus_client import REGISTRY
+
+    def bundle(priors, version):
+        write_bundle(tmp_path, "priors", lambda folder: (folder / "weights.txt").write_text("w"),
+                     {"labels": [{"code": int(c), "name": c} for c in priors], "class_priors": priors}, version)
+
+    def prior(code):
+        return REGISTRY.get_sample_value("model_class_prior", {"model": "priors", "code": code})
+
+    bundle({"10": 0.25, "2583": 0.75}, 1)
+    repository = ModelRepository(tmp_path, "priors", load_fake, poll_seconds=0)
+    asyncio.run(repository.load_latest())
+    assert repository.current()[0].class_priors == {10: 0.25, 2583: 0.75}
+    assert (prior("10"), prior("2583")) == (0.25, 0.75)
+    bundle({"2583": 0.4, "2705": 0.6}, 2)
+    asyncio.run(repository.load_latest())
+    assert (prior("10"), prior("2583"), prior("2705")) == (None, 0.4, 0.6)
+
+
+def test_a_bundle_without_class_priors_exports_none(tmp_path):
+    write_fake_bundle(tmp_path, "nopriors", "weights")
+    assert read_bundle(tmp_path, "nopriors").class_priors == {}

@@ -23,8 +23,10 @@ JOBS = {"gateway": "gateway", "text_service": "text-service", "image_service": "
 # Every metric the serving kit and the gateway define: the table in docs/metrics.md lists them.
 KIT_METRICS = {"grpc_server_started_total", "grpc_server_handled_total", "grpc_server_handling_seconds",
                "grpc_server_in_flight_requests", "model_batch_size", "model_queue_wait_seconds",
-               "model_inference_seconds", "model_queue_items", "model_version_info", "model_loads_total"}
+               "model_inference_seconds", "model_queue_items", "model_version_info", "model_loads_total",
+               "model_class_prior"}
 GATEWAY_METRICS = {"gateway_stage_seconds", "gateway_answers_total", "gateway_degraded_answers_total",
+                   "gateway_top_probability", "gateway_needs_review_answers_total",
                    "gateway_stream_items_total", "gateway_stream_products_held", "gateway_stream_group_size"}
 
 
@@ -86,7 +88,15 @@ def test_rules_cover_the_issue():
     for q in ("p50", "p95", "p99"):
         assert "gateway_stage_seconds" in records[f"job_stage:gateway_stage_seconds:{q}"]
         assert "grpc_server_handling_seconds" in records[f"job:grpc_server_handling_seconds:{q}"]
-    for name in ("RakutenLatencySLOBreach", "RakutenHighErrorRate", "RakutenTargetDown", "RakutenServiceNotReady"):
+    # The watch on the answers: review share and class drift against the text bundle's priors.
+    assert "gateway_needs_review_answers_total" in records["job:gateway_needs_review_answers:ratio_rate5m"]
+    assert 'model_class_prior{model="text"}' in records["code:model_class_prior:reference"]
+    assert "ln(" in records["gateway:class_mix_psi:1h"]
+    from monitoring.class_drift import MIN_ANSWERS, THRESHOLD
+    assert alerts["RakutenClassMixDrift"]["expr"] == (
+        f"gateway:class_mix_psi:1h > {THRESHOLD} and on () gateway:answers:increase1h >= {MIN_ANSWERS}")
+    for name in ("RakutenLatencySLOBreach", "RakutenHighErrorRate", "RakutenTargetDown", "RakutenServiceNotReady",
+                 "RakutenClassMixDrift"):
         assert alerts[name]["labels"]["severity"] in {"warning", "critical"}
         assert alerts[name]["annotations"]["summary"] and alerts[name]["annotations"]["description"]
 
@@ -113,7 +123,9 @@ def test_dashboard_queries_known_metrics():
     exprs = " ".join(t["expr"] for p in panels for t in p.get("targets", []))
     for metric in ("grpc_server_handled_total", "grpc_server_handling_seconds_bucket", "gateway_stage_seconds_bucket",
                    "model_batch_size", "model_queue_wait_seconds_bucket", "gateway_degraded_answers_total",
-                   "grpc_server_in_flight_requests", "model_version_info"):
+                   "grpc_server_in_flight_requests", "model_version_info", "gateway_answers_total",
+                   "gateway_top_probability_bucket", "gateway_needs_review_answers_total", "model_class_prior",
+                   "gateway:class_mix_psi:1h"):
         assert metric in exprs, f"no panel uses {metric}"
     for quantile in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({quantile}" in exprs
@@ -165,6 +177,7 @@ def stack(tmp_path_factory):
 def test_every_service_metrics_pass_promtool(stack):
     from gateway.client import ClassifierClient
     from monitoring.check import example_products
+    from tests.synthetic_products import LABELS
 
     promtool = tool(tools.promtool)
     with ClassifierClient(stack["gateway"].address, timeout=30) as client:
@@ -180,8 +193,11 @@ def test_every_service_metrics_pass_promtool(stack):
             assert GATEWAY_METRICS <= families
             for stage in ("text", "image", "fusion", "total"):
                 assert f'gateway_stage_seconds_bucket{{le="0.001",stage="{stage}"}}' in text
+            assert re.search(r'gateway_answers_total\{code="\d+",modalities="text\+image"\} [1-9]', text)
+            assert 'gateway_top_probability_bucket{le="+Inf",modalities="text+image"}' in text
         else:
             assert 'model_version_info{model="%s",version="1"} 1.0' % name.removesuffix("_service") in text
+            assert 'model_class_prior{code="%d",model="%s"}' % (LABELS[0].code, name.removesuffix("_service")) in text
             assert "model_batch_size_bucket" in text and "model_queue_wait_seconds_bucket" in text
 
 
@@ -195,8 +211,10 @@ def test_prometheus_scrapes_the_four_services_and_evaluates_the_rules(stack, tmp
                                  tmp_path / "prometheus").start()
     try:
         ok, message = check(prometheus.url, stack["gateway"].address, timeout=120)
+        print(message)
         assert ok, f"{message}\nprometheus log:\n{prometheus.log()}"
         assert "4/4 targets up" in message and "fusion" in message
+        assert "answers watched: class priors of fusion, image, text" in message and "class drift PSI" in message
         # Every dashboard query is valid PromQL (an invalid one raises); all but the error and
         # degraded-answer panels find data here (no call failed).
         empty = []

@@ -265,6 +265,10 @@ def test_train_and_evaluate_clis_end_to_end(tmp_path, monkeypatch, capsys):
     assert "text model  weighted F1" in capsys.readouterr().out
     metadata = read_bundle(models, "text").metadata
     assert metadata["training_data"]["rows_train"] + metadata["training_data"]["rows_early_stopping"] == 96
+    # class_priors: the shares of the 96 training labels, as the backfill computes them from catalog.csv
+    from training.class_priors import class_priors, training_labels
+    assert metadata["class_priors"] == class_priors(training_labels(pd.read_csv(data / "catalog.csv"), "text"), CODES)
+    assert abs(sum(metadata["class_priors"].values()) - 1) < 1e-5
 
     assert evaluate_text.main(["--data", str(data), "--models", str(models), "--report", str(report)]) == 0
     out = capsys.readouterr().out

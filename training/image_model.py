@@ -577,7 +577,8 @@ def _spec(shape: Sequence[int | None], description: str) -> dict:
 
 def export_image_bundle(models_root: str | Path, head: TrainedHead, labels: Sequence,
                         training_data: dict, metrics: dict, hyperparameters: dict | None = None,
-                        test_time_augmentation: dict = TTA_NONE, version: int | None = None):
+                        test_time_augmentation: dict = TTA_NONE, version: int | None = None,
+                        class_priors: dict[str, float] | None = None):
     """Write `models_root/image/<next version>/`: the head-only SavedModel (`serving_default`:
     `features` float32 [None, 1280] -> `embedding` [None, D], `probabilities` [None, classes]) and
     metadata.json in the form every bundle of the project has. `labels`: (code, name) pairs or
@@ -618,6 +619,8 @@ def export_image_bundle(models_root: str | Path, head: TrainedHead, labels: Sequ
         "framework": {"tensorflow": tf.__version__, "keras": keras.__version__},
         "hyperparameters": hyperparameters if hyperparameters is not None else head.config.to_dict(),
     }
+    if class_priors is not None:  # training.class_priors: the shares of the training labels
+        metadata["class_priors"] = class_priors
     return write_bundle(models_root, MODEL_NAME, export, metadata, version=version)
 
 

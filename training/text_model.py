@@ -374,6 +374,7 @@ def export_text_bundle(
     hyperparameters: dict[str, Any],
     name: str = MODEL_NAME,
     version: int | None = None,
+    class_priors: dict[str, float] | None = None,
 ) -> BundleInfo:
     """Write `models_root/name/<version>/`: SavedModel with `serving_default` and metadata.json.
 
@@ -388,6 +389,8 @@ def export_text_bundle(
     descriptions = {TEXT_INPUT: "preprocess(designation, description).text (text_service.preprocessing)",
                     CLEANED_INPUT: "preprocess(designation, description).cleaned (text_service.preprocessing)"}
     metadata = {"training_data": training_data, "metrics": metrics, "hyperparameters": hyperparameters}
+    if class_priors is not None:  # training.class_priors: the shares of the training labels
+        metadata["class_priors"] = class_priors
     return export_bundle(serving_model, models_root, name, inputs, labels, metadata, descriptions, version)
 
 

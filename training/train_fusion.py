@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from common.model_bundle import bundle_size_bytes
+from training.class_priors import class_priors
 from training.data import PROJECT_ROOT, data_dir, fingerprint
 from training.fusion_data import FusionInputs, load_fusion_inputs
 from training.fusion_model import (
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "metrics": {name: {"val_weighted_f1": round(s.weighted, 4), "val_macro_f1": round(s.macro, 4),
                            "val_rows": s.rows} for name, s in scores.items()},
         "late_fusion_text_weight": text_weight,
+        "class_priors": class_priors(np.asarray(inputs.codes)[real_text.labels], inputs.codes),
         # What the gateway should serve: the fusion measured better on paired val (make up applies it).
         "gateway_settings": {"fusion_mode": GATEWAY_MODE[served], "late_fusion_text_weight": text_weight},
     }

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from common.model_bundle import bundle_size_bytes
+from training.class_priors import class_priors
 from training.data import PROJECT_ROOT, data_dir, fingerprint, load_categories
 from training.fitting import early_stopping_split
 from training.pairing import reserved_for_fusion
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                              config.max_epochs if held is not None else config.epochs),
                          "early_stopping_fraction": args.early_stopping,
                          "augmentation": dataclasses.asdict(AugmentConfig())},
-        test_time_augmentation=tta, version=args.version)
+        test_time_augmentation=tta, version=args.version,
+        class_priors=class_priors(train.loc[~reserved, "prdtypecode"], codes))
 
     # The exported signature must compute what the trained head computed.
     served = predict_bundle(bundle.path, val_features)

@@ -25,6 +25,7 @@ import pandas as pd
 
 from common.model_bundle import bundle_size_bytes
 from text_service import preprocessing
+from training.class_priors import class_priors
 from training.data import (PROJECT_ROOT, Category, data_dir, fingerprint, load_categories,
                            load_products)
 from training.pairing import reserved_for_fusion
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics={"val_weighted_f1": round(scores.weighted, 4), "val_macro_f1": round(scores.macro, 4),
                  "val_rows": scores.rows},
         hyperparameters=config_dict(config),
+        class_priors=class_priors(splits.train["prdtypecode"], splits.codes),
     )
     size = bundle_size_bytes(bundle.path)
     print(f"bundle {bundle.path}  {size / 1e6:.2f} MB ({size} bytes)")
