@@ -85,3 +85,15 @@ def test_the_setting_is_a_flag_and_an_environment_variable(monkeypatch):
     assert TextServiceSettings().language_detector == "langdetect"
     with pytest.raises(ValueError, match="language_detector"):
         load_settings(TextServiceSettings, [], language_detector="cld")
+
+
+def test_the_benchmark_reports_every_detector_on_a_few_products():
+    from bench.language import measure
+
+    long_french = "Une table très jolie, idéale pour le salon ou la salle à manger, en chêne massif. " * 4
+    products = [("Tapis salon 160x230 gris", ""), ("Table basse", f"<p>{long_french}</p>"), ("", "12 / 34")]
+    result = measure(products, ["py3langid", "langdetect"])
+    assert (result["products"], result["long_texts"], result["titles"]) == (3, 1, len(TITLES))
+    fast = result["detectors"]["py3langid"]
+    assert fast["agreement_with_langdetect_200_plus"] == 1.0 and fast["title_accuracy"] >= FAST_ACCURACY_FLOOR
+    assert 0 < fast["detect_cpu_p50_ms"] <= fast["detect_cpu_p99_ms"]
