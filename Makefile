@@ -84,6 +84,11 @@ serve-text: $(GENERATED) ## run text_service in the foreground (port 50052, metr
 bench-image: $(GENERATED) ## image path throughput and latency: in process vs gRPC, batching on and off
 	$(PY) -m bench.bench_image --data $(RAKUTEN_DATA) --models $(MODELS)
 
+# Language detection (text_service/language.py): cost per product and agreement, every detector.
+.PHONY: bench-language
+bench-language: $(GENERATED) ## language detectors on DATA's texts: ms per product, agreement, title accuracy
+	$(PY) -m bench.language --data $(RAKUTEN_DATA)
+
 clean: ## remove generated code and caches (keeps .venv)
 	rm -rf rakuten .pytest_cache .cache
 

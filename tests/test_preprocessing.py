@@ -23,15 +23,6 @@ def test_strip_html_unescapes_twice_and_drops_tags():
     assert pp.strip_html("&#43;Dimensions") == "+Dimensions"
 
 
-def test_detect_language_is_deterministic_and_handles_no_letters():
-    text = "Notizbuch mit Punktraster und festem Einband für Schule und Büro"
-    assert pp.detect_language(text) == "de"
-    assert all(pp.detect_language(text) == "de" for _ in range(5))
-    assert pp.detect_language("The quick brown fox jumps over the lazy dog every morning") == "en"
-    assert pp.detect_language("12 / 34 ---") == pp.UNKNOWN_LANGUAGE
-    assert pp.detect_language("") == pp.UNKNOWN_LANGUAGE
-
-
 def test_keep_letters_drops_digits_and_punctuation():
     assert pp.keep_letters("jolie! +Dimensions : 60 x 33 cm") == "jolie Dimensions x cm"
     assert pp.keep_letters("l'été_2020") == "l été"

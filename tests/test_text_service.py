@@ -15,6 +15,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, predict
 from rakuten.v1 import text_pb2, text_pb2_grpc
 from ops.service_process import ServiceProcess
 from tests.synthetic_products import LABELS, products
+from text_service.language import detect_language
 from text_service.preprocessing import preprocess
 from training.fitting import FitConfig
 from training.text_model import TextModelConfig, export_text_bundle, train_text_model
@@ -75,6 +76,21 @@ def test_encode_runs_the_pipeline_and_the_model(service):
         assert result.top_k[0].score >= result.top_k[1].score
     assert response.model.name == "text" and response.model.version >= 1
     assert [t.stage for t in response.timings] == ["preprocess", "model", "total"]
+
+
+def test_the_language_detector_setting_reaches_the_service(service, models_root, tmp_path):
+    """The default (py3langid) answers "fr" for a short French title langdetect calls Italian;
+    LANGUAGE_DETECTOR=langdetect (the environment form of --language-detector) brings it back."""
+    title = [("Album photo 200 pochettes", "")]
+    assert encode(service, title).results[0].language == "fr"
+    reference = ServiceProcess("text_service", ["--models-dir", str(models_root), "--model-poll-seconds", "0"],
+                               tmp_path, env={"LANGUAGE_DETECTOR": "langdetect"}).start()
+    try:
+        result = encode(reference, title).results[0]
+        assert result.language == detect_language(title[0][0], "langdetect") != "fr"
+        assert result.normalized_text == encode(service, title).results[0].normalized_text
+    finally:
+        assert reference.stop() == 0, reference.log()
 
 
 def test_omit_embedding(service):

@@ -8,7 +8,8 @@ import numpy as np
 
 from common.model_bundle import BundleInfo
 from common.saved_model import load_saved_model
-from text_service.preprocessing import UNKNOWN_LANGUAGE, PreprocessedText
+from text_service.language import UNKNOWN_LANGUAGE
+from text_service.preprocessing import PreprocessedText
 
 # A warm-up batch: the first call builds TF's graphs, so it must not be a client's.
 # (preprocess("Une table très jolie!", "+Dimensions : 60 x 33 cm"), a one-word text, an empty one)

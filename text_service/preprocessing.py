@@ -12,7 +12,8 @@ Two details keep the study's worked example true
   "tres" -> "tre"), so each word is stemmed in its accented form and the stem is folded.
 
 Translation to French, which the study did before everything else, needs an online service and
-is not done: the detected language is returned so callers can see what the model was given.
+is not done: the detected language (`text_service.language`; the model does not read it) is
+returned so callers can see what the model was given.
 
 Besides the study's output, the pipeline returns the text as it was after the HTML step, lower
 case and accent-folded, digits and punctuation kept (`cleaned`): the text model reads character
@@ -29,19 +30,15 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-import langdetect
 from nltk.stem.snowball import FrenchStemmer
 from stop_words import get_stop_words
 
+from text_service.language import DEFAULT_DETECTOR, LanguageDetector, detect_language
+
 STOP_WORD_LANGUAGES = ("french", "english", "german")
-UNKNOWN_LANGUAGE = "unknown"
 
 _TAG = re.compile(r"<[^>]*>")
 _NOT_LETTER = re.compile(r"[\W\d_]+")  # anything but a letter, digits included, as in the study
-
-_detector_factory = langdetect.DetectorFactory()
-_detector_factory.load_profile(langdetect.PROFILES_DIRECTORY)
-_detector_factory.seed = 0
 
 
 @dataclass(frozen=True)
@@ -62,18 +59,6 @@ def strip_html(text: str) -> str:
     """Unescape entities (twice: the data holds double-escaped ones like `&amp;eacute;`), drop tags."""
     text = html.unescape(html.unescape(text))
     return _TAG.sub(" ", text)
-
-
-def detect_language(text: str) -> str:
-    """ISO 639-1 code from langdetect with a fixed seed (same text, same answer), or "unknown"."""
-    if not _NOT_LETTER.sub("", text):
-        return UNKNOWN_LANGUAGE
-    detector = _detector_factory.create()
-    detector.append(text)
-    try:
-        return detector.detect()
-    except langdetect.LangDetectException:
-        return UNKNOWN_LANGUAGE
 
 
 def keep_letters(text: str) -> str:
@@ -121,7 +106,9 @@ def clean(text: str) -> str:
     return " ".join(fold_accents(text.lower()).split())
 
 
-def preprocess(designation: str, description: str) -> PreprocessedText:
-    """The whole pipeline for one product."""
+def preprocess(designation: str, description: str,
+               language_detector: LanguageDetector = DEFAULT_DETECTOR) -> PreprocessedText:
+    """The whole pipeline for one product; `language_detector` only changes `language`."""
     text = strip_html(merge_fields(designation, description))
-    return PreprocessedText(text=" ".join(normalize_words(text)), language=detect_language(text), cleaned=clean(text))
+    return PreprocessedText(text=" ".join(normalize_words(text)),
+                            language=detect_language(text, language_detector), cleaned=clean(text))

@@ -11,6 +11,7 @@ from common.scores import resolve_top_k, top_k_scores
 from common.settings import ModelServiceSettings
 from common.timing import StageTimer
 from rakuten.v1 import text_pb2, text_pb2_grpc
+from text_service.language import DEFAULT_DETECTOR, LanguageDetector, load_detector
 from text_service.model import TextModel, TextPrediction
 from text_service.preprocessing import PreprocessedText, preprocess
 from text_service.validation import check_product_text
@@ -25,6 +26,8 @@ class TextServiceSettings(ModelServiceSettings):
     max_designation_chars: int = Field(1_000, ge=1, description="longest title accepted")
     max_description_chars: int = Field(50_000, ge=1, description="longest description accepted")
     preprocess_threads: int = Field(2, ge=1, description="threads running the text pipeline")
+    language_detector: LanguageDetector = Field(
+        DEFAULT_DETECTOR, description="detector of the language answered: py3langid (fast) or langdetect (the study's)")
 
 
 class TextService(BatchedModelService[str, TextPrediction], text_pb2_grpc.TextEncoderServicer):
@@ -34,9 +37,10 @@ class TextService(BatchedModelService[str, TextPrediction], text_pb2_grpc.TextEn
     def __init__(self, settings: TextServiceSettings):
         super().__init__(settings, TextModel, settings.preprocess_threads, "text-pipeline")
         self.settings: TextServiceSettings = settings
+        load_detector(settings.language_detector)  # its model loads now, not on the first request
 
     def _preprocess_all(self, texts) -> list[PreprocessedText]:
-        return [preprocess(t.designation, t.description) for t in texts]
+        return [preprocess(t.designation, t.description, self.settings.language_detector) for t in texts]
 
     async def Encode(self, request: text_pb2.EncodeTextRequest, context) -> text_pb2.EncodeTextResponse:
         timer = StageTimer()

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from common.model_bundle import bundle_size_bytes
-from text_service import preprocessing
+from text_service import language, preprocessing
 from training.class_priors import class_priors
 from training.data import (PROJECT_ROOT, Category, data_dir, fingerprint, load_categories,
                            load_products)
@@ -34,7 +34,7 @@ from training.text_model import (TextModelConfig, config_dict, export_text_bundl
                                  predict_probabilities, train_text_model)
 
 CACHE_DIR = PROJECT_ROOT / ".cache"
-_CACHE_DEPENDENCIES = ("langdetect", "nltk", "stop-words")
+_CACHE_DEPENDENCIES = ("langdetect", "py3langid", "nltk", "stop-words")
 CACHE_COLUMNS = ("text", "language", "cleaned")  # the fields of PreprocessedText kept in the cache
 
 
@@ -42,7 +42,8 @@ def preprocessing_cache_key(root: Path) -> str:
     """Changes whenever the data, the pipeline's source or a library it relies on changes."""
     digest = hashlib.sha256()
     digest.update(fingerprint(root, ("catalog.csv", "X_train.csv", "text_quality.csv")).encode())
-    digest.update(inspect.getsource(preprocessing).encode())
+    for module in (preprocessing, language):
+        digest.update(inspect.getsource(module).encode())
     digest.update(",".join(CACHE_COLUMNS).encode())
     for package in _CACHE_DEPENDENCIES:
         digest.update(f"{package}=={importlib.metadata.version(package)}".encode())
@@ -53,7 +54,7 @@ def load_text_products(root: Path, cache_dir: Path | None = None) -> pd.DataFram
     """Labelled products with text, with the columns `text`, `language` and `cleaned` of
     `preprocess(designation, description)` (the model reads `text` and `cleaned`).
 
-    Preprocessing takes several milliseconds a product (language detection), so its output is
+    Preprocessing every product takes a while (about 10 ms each with langdetect), so its output is
     cached in `cache_dir` (default `.cache/`, gitignored: it holds derived data texts) under a
     key from `preprocessing_cache_key`, so a stale cache is never read.
     """
