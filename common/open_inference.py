@@ -152,7 +152,8 @@ def decode_tensor(where: str, datatype: Datatype, shape: list[int], contents: pb
 
 
 def encode_tensor(tensor, array: np.ndarray, datatype: Datatype, raw: bool) -> bytes | None:
-    """Fill an output tensor's name-independent fields; its raw bytes when `raw`."""
+    """Fill an output tensor's datatype, shape and typed contents; with `raw`, return its bytes instead
+    of typed contents."""
     tensor.datatype = datatype.name
     tensor.shape.extend(array.shape)
     if datatype.name == "BYTES":
