@@ -37,9 +37,10 @@ RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.tom
 # ---- build: gRPC code generated from protos/ (as `make protos`), bytecode compiled ----------
 FROM dependencies AS build
 COPY protos/ protos/
-RUN mkdir -p rakuten/v1 \
-    && python3 -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. protos/rakuten/v1/*.proto \
-    && touch rakuten/__init__.py rakuten/v1/__init__.py
+RUN mkdir -p rakuten/v1 rakuten/kserve \
+    && python3 -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. \
+        protos/rakuten/v1/*.proto protos/rakuten/kserve/*.proto \
+    && touch rakuten/__init__.py rakuten/v1/__init__.py rakuten/kserve/__init__.py
 COPY common/ common/
 COPY text_service/ text_service/
 COPY image_service/ image_service/

@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 DATA ?= $(or $(RAKUTEN_DATA),../shared/rakuten)
 export RAKUTEN_DATA := $(abspath $(DATA))
 MODELS ?= models
-PROTOS := $(wildcard protos/rakuten/v1/*.proto)
+# The project's protos and the Open Inference Protocol's (package inference, under rakuten/kserve).
+PROTOS := $(wildcard protos/rakuten/v1/*.proto protos/rakuten/kserve/*.proto)
 INSTALLED := $(VENV)/.installed
 GENERATED := rakuten/v1/.generated
 
@@ -26,9 +27,9 @@ $(INSTALLED): pyproject.toml requirements.lock
 	touch $@
 
 $(GENERATED): $(INSTALLED) $(PROTOS)
-	rm -rf rakuten && mkdir -p rakuten/v1
+	rm -rf rakuten && mkdir -p rakuten/v1 rakuten/kserve
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
-	touch rakuten/__init__.py rakuten/v1/__init__.py $@
+	touch rakuten/__init__.py rakuten/v1/__init__.py rakuten/kserve/__init__.py $@
 
 install: $(GENERATED) ## create .venv, install pinned dependencies, generate the gRPC code
 

@@ -1,5 +1,6 @@
 """The part every model service shares: a model repository, a dynamic batcher in front of it,
-TF Serving's PredictionService for the raw model, and the request-size checks.
+TF Serving's PredictionService and the Open Inference Protocol (KServe v2) for the raw model, and
+the request-size checks.
 
 A subclass adds its gRPC servicer and the domain steps around `predict`.
 """
@@ -12,13 +13,14 @@ from typing import Callable, Generic, Protocol, Sequence, TypeVar
 import grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from common import tf_serving
+from common import open_inference, tf_serving
 from common.batching import DynamicBatcher
 from common.errors import InvalidInput, TooLarge
 from common.model_bundle import BundleInfo
 from common.model_repository import ModelRepository
 from common.saved_model import SignatureRunner
 from common.settings import ModelServiceSettings
+from rakuten.kserve import grpc_predict_v2_pb2_grpc
 from rakuten.v1 import common_pb2
 
 In = TypeVar("In")
@@ -36,7 +38,7 @@ class BatchModel(Protocol[In, Out]):
 class BatchedModelService(Generic[In, Out]):
     """Serves one bundle name; `predict` batches items across concurrent calls."""
 
-    #: The domain gRPC service names; TF Serving's is added by `service_names`.
+    #: The domain gRPC service names; TF Serving's and the v2 protocol's are added by `service_names`.
     domain_service_names: Sequence[str] = ()
     #: The generated `add_<Service>Servicer_to_server` that registers the subclass.
     add_servicer: Callable[[object, grpc.aio.Server], None] | None = None
@@ -55,11 +57,13 @@ class BatchedModelService(Generic[In, Out]):
 
     @property
     def service_names(self) -> tuple[str, ...]:
-        return (*self.domain_service_names, tf_serving.SERVICE_NAME)
+        return (*self.domain_service_names, tf_serving.SERVICE_NAME, open_inference.SERVICE_NAME)
 
     def register(self, server: grpc.aio.Server) -> None:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             tf_serving.PredictionServicer(self.repository, self.settings.max_items_per_request), server)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            open_inference.InferenceServicer(self.repository, self.settings.max_items_per_request), server)
         if self.add_servicer is not None:
             type(self).add_servicer(self, server)
 

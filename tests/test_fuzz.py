@@ -1,6 +1,7 @@
 """Bad input at scale: hypothesis sends thousands of generated requests, most of them malformed, to
 the four real services (synthetic bundles, served in process by `common.server.start_server`), and
-forged tensors to TF Serving's Predict, which the three model services share.
+forged tensors to TF Serving's Predict and the Open Inference Protocol's ModelInfer, which the
+three model services share.
 
 The property, for every request: when the input is valid the answer is OK and well formed (one
 result per item, k scores from the model's labels, finite, best first); when it is not, the call
@@ -33,6 +34,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from common.server import start_server
+from rakuten.kserve import grpc_predict_v2_pb2 as v2_pb, grpc_predict_v2_pb2_grpc as v2_pb_grpc
 from fusion_service.server import FusionService, FusionServiceSettings
 from gateway.server import Gateway, GatewaySettings
 from image_service.server import ImageService, ImageServiceSettings
@@ -100,6 +102,7 @@ def stubs(synthetic_models, background_loop):
         image = image_pb2_grpc.ImageEncoderStub(channels["image"])
         fusion = fusion_pb2_grpc.FusionStub(channels["fusion"])
         fusion_predict = prediction_service_pb2_grpc.PredictionServiceStub(channels["fusion"])
+        fusion_v2 = v2_pb_grpc.GRPCInferenceServiceStub(channels["fusion"])
         gateway = classifier_pb2_grpc.ProductClassifierStub(channels["gateway"])
 
     yield Stubs
@@ -514,3 +517,71 @@ def test_tf_serving_predict(stubs, fuzz_counts, request):
         return
     batch = message.inputs[PREDICT_INPUTS[0]].tensor_shape.dim[0].size
     assert tf.make_ndarray(response.outputs["probabilities"]).shape == (batch, N_CLASSES)
+
+
+# The Open Inference Protocol's ModelInfer (common/open_inference.py) on the same fusion model:
+# forged v2 tensors, all typed (contents.fp32_contents) or all raw (raw_input_contents). Unlike a
+# TensorProto, a v2 tensor is never padded: any other count of values or bytes is refused.
+V2_DATATYPES = st.sampled_from(["FP64", "FP16", "INT32", "UINT8", "BYTES", "BOOL", "BF16", "fp32", ""])
+
+
+@st.composite
+def v2_tensor(draw, request: v2_pb.ModelInferRequest, name: str, batch: int, raw: bool) -> frozenset:
+    """Add an input tensor, half the time right for the signature; the verdict on it."""
+    good = draw(st.booleans())
+    datatype = "FP32" if good else draw(st.one_of(st.just("FP32"), V2_DATATYPES))
+    shape = [batch, EMBEDDING_DIM] if good else draw(st.one_of(st.just([batch, EMBEDDING_DIM]), DIMS))
+    count = math.prod(shape) if all(d >= 0 for d in shape) else -1
+    fits = 0 <= count <= 4 * EMBEDDING_DIM * MAX_ITEMS
+    size = count if good and fits else draw(st.one_of(st.integers(0, 4 * EMBEDDING_DIM), st.just(max(count, 0))))
+    size = min(size, 4 * EMBEDDING_DIM * MAX_ITEMS)
+    tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
+    if raw:
+        request.raw_input_contents.append(draw(st.binary(min_size=4 * size, max_size=4 * size)))
+    else:
+        tensor.contents.fp32_contents.extend(draw(st.lists(st.floats(-5, 5, width=32), min_size=size, max_size=size)))
+    if datatype != "FP32" or not (len(shape) == 2 and shape[1] == EMBEDDING_DIM and shape[0] >= 0):
+        return REFUSED
+    if shape[0] > MAX_ITEMS:
+        return frozenset({TOO_LARGE})
+    return VALID if shape[0] > 0 and size == count else REFUSED
+
+
+@st.composite
+def infer_request(draw) -> tuple[v2_pb.ModelInferRequest, frozenset]:
+    batches = draw(st.one_of(st.integers(1, MAX_ITEMS).map(lambda n: (n, n)),
+                             st.tuples(st.integers(1, MAX_ITEMS), st.integers(1, MAX_ITEMS))))
+    names = draw(st.one_of(st.just(PREDICT_INPUTS), st.sampled_from([PREDICT_INPUTS[:1], PREDICT_INPUTS[1:],
+                                                                     (*PREDICT_INPUTS, "bogus")])))
+    raw = draw(st.booleans())
+    request = v2_pb.ModelInferRequest(model_name="fusion")
+    verdicts = [VALID if names == PREDICT_INPUTS else REFUSED]
+    for name, batch in zip(names, (*batches, 1)):
+        verdicts.append(draw(v2_tensor(request, name, batch, raw)))
+    if len({tensor.shape[0] for tensor in request.inputs if tensor.shape}) > 1:  # one row per item in every input
+        verdicts.append(REFUSED)
+    if raw and draw(st.integers(0, 9)) == 0:  # one raw entry per input, no fewer
+        request.raw_input_contents.pop()
+        verdicts.append(REFUSED)
+    return request, sent(request, combine(*verdicts))
+
+
+@fuzz(400)
+@given(request=infer_request())
+def test_open_inference_infer(stubs, fuzz_counts, request):
+    message, verdict = request
+    response = call(fuzz_counts, "open_inference_infer", stubs.fusion_v2.ModelInfer, message, verdict)
+    if response is None:
+        good = v2_pb.ModelInferRequest(model_name="fusion")
+        for name in PREDICT_INPUTS:
+            tensor = good.inputs.add(name=name, datatype="FP32", shape=[1, EMBEDDING_DIM])
+            tensor.contents.fp32_contents.extend([0.0] * EMBEDDING_DIM)
+        assert stubs.fusion_v2.ModelInfer(good, timeout=CALL_TIMEOUT).outputs
+        return
+    batch = message.inputs[0].shape[0]
+    (output,) = response.outputs
+    assert (output.name, output.datatype, list(output.shape)) == ("probabilities", "FP32", [batch, N_CLASSES])
+    if message.raw_input_contents:
+        assert len(response.raw_output_contents[0]) == 4 * batch * N_CLASSES
+    else:
+        assert len(output.contents.fp32_contents) == batch * N_CLASSES
