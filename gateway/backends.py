@@ -3,43 +3,39 @@
 Channels are created once and kept open. With a `dns:///` address of a headless Kubernetes
 Service, `round_robin` spreads calls over every pod behind it (gRPC keeps connections open, so
 a plain ClusterIP would pin each gateway to one pod). A stage call gets what is left of the
-deadline; UNAVAILABLE (a pod restarting, a connection reset) is retried once after a short
-backoff when the deadline allows; INVALID_ARGUMENT and RESOURCE_EXHAUSTED are raised as
+deadline; UNAVAILABLE (a pod restarting, a connection at its maximum age) is retried once by
+gRPC's retry policy in the channel's service config (`common.channels`), after a backoff, within
+the deadline; the gateway never waits for a backend that is down (no wait-for-ready): it
+degrades at once. INVALID_ARGUMENT and RESOURCE_EXHAUSTED are raised as
 `CallerError` (the pipeline passes back those that name one of the caller's items, such as an
 image with too many pixels); anything else makes the stage fail so the answer can degrade.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import grpc
 
+from common.channels import RetryPolicy, retrying_options
 from common.tls import ClientTLS, make_channel
 
 CLIENT_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
-
-_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
 
-def open_channel(address: str, max_message_bytes: int, tls: ClientTLS | None = None) -> grpc.aio.Channel:
-    """A channel to one model service, over TLS (mutual with a client certificate) when `tls` says so."""
+def open_channel(address: str, max_message_bytes: int, tls: ClientTLS | None = None,
+                 retry_backoff_s: float = 0.05) -> grpc.aio.Channel:
+    """A channel to one model service, over TLS (mutual with a client certificate) when `tls` says
+    so; one retry of UNAVAILABLE (or of a call cancelled by a server shutting down) after up to
+    `retry_backoff_s`."""
+    retry = RetryPolicy(max_attempts=2, initial_backoff_s=max(retry_backoff_s, 0.001),
+                        max_backoff_s=max(retry_backoff_s, 0.001))
     return make_channel(address, tls, aio=True, options=[
-        ("grpc.service_config", _SERVICE_CONFIG),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
+        *retrying_options(retry, load_balancing="round_robin", max_message_bytes=max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.enable_retries", 0),  # retries are ours: once, on UNAVAILABLE, within the deadline
-        # A restarted pod is back within a second, not after gRPC's default backoff of up to 120 s.
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 1000),
     ])
 
 
@@ -74,27 +70,20 @@ class StageOutcome:
         return self.ok or bool(self.failure)
 
 
-async def call_stage(stage: str, method: Callable[..., Awaitable[Any]], request: Any, deadline: float,
-                     retry_backoff_s: float) -> StageOutcome:
-    """`method(request)` before the monotonic `deadline`, retried once on UNAVAILABLE."""
+async def call_stage(stage: str, method: Callable[..., Awaitable[Any]], request: Any, deadline: float
+                     ) -> StageOutcome:
+    """`method(request)` before the monotonic `deadline` (the channel's retry policy included)."""
     started = time.monotonic()
-    retried = False
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return StageOutcome(stage, failure=f"{stage}: no time left before the deadline",
-                                seconds=time.monotonic() - started, timed_out=True)
-        try:
-            response = await method(request, timeout=remaining)
-            return StageOutcome(stage, response=response, seconds=time.monotonic() - started)
-        except grpc.aio.AioRpcError as error:
-            code = error.code()
-            if code in CLIENT_ERRORS:
-                raise CallerError(stage, error, time.monotonic() - started) from error
-            if code in RETRYABLE and not retried and deadline - time.monotonic() > retry_backoff_s:
-                retried = True
-                await asyncio.sleep(retry_backoff_s)
-                continue
-            return StageOutcome(stage, failure=f"{stage}: {code.name}: {error.details()}",
-                                seconds=time.monotonic() - started,
-                                timed_out=code == grpc.StatusCode.DEADLINE_EXCEEDED)
+    remaining = deadline - started
+    if remaining <= 0:
+        return StageOutcome(stage, failure=f"{stage}: no time left before the deadline", timed_out=True)
+    try:
+        response = await method(request, timeout=remaining)
+        return StageOutcome(stage, response=response, seconds=time.monotonic() - started)
+    except grpc.aio.AioRpcError as error:
+        code = error.code()
+        if code in CLIENT_ERRORS:
+            raise CallerError(stage, error, time.monotonic() - started) from error
+        return StageOutcome(stage, failure=f"{stage}: {code.name}: {error.details()}",
+                            seconds=time.monotonic() - started,
+                            timed_out=code == grpc.StatusCode.DEADLINE_EXCEEDED)

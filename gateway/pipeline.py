@@ -139,12 +139,10 @@ def count_answer(answer: _Answer, review_threshold: float) -> None:
 
 
 class ClassificationPipeline:
-    def __init__(self, stubs: Stubs, limits: Limits, policy: FusionPolicy, retry_backoff_s: float,
-                 review_threshold: float):
+    def __init__(self, stubs: Stubs, limits: Limits, policy: FusionPolicy, review_threshold: float):
         self.stubs = stubs
         self.limits = limits
         self.policy = policy
-        self.retry_backoff_s = retry_backoff_s
         self.review_threshold = review_threshold
 
     async def _stage(self, stage: str, method, request, positions: list[int], deadline: float,
@@ -152,7 +150,7 @@ class ClassificationPipeline:
         if not positions:
             return StageOutcome(stage)
         try:
-            outcome = await call_stage(stage, method, request, deadline, self.retry_backoff_s)
+            outcome = await call_stage(stage, method, request, deadline)
         except CallerError as error:
             # Embeddings come from our own encoders: a refused fusion input is ours, not the caller's.
             refusal = None if stage == FUSION else _caller_error(error, positions, names)

@@ -30,7 +30,7 @@ class GatewaySettings(ServiceSettings):
     late_fusion_text_weight: float = Field(
         0.5, ge=0.0, le=1.0, description="text weight of late fusion (from make eval-fusion)")
     default_deadline_seconds: float = Field(10.0, gt=0, description="deadline of calls that set none")
-    retry_backoff_ms: float = Field(50.0, ge=0, description="wait before the one retry of an UNAVAILABLE stage")
+    retry_backoff_ms: float = Field(50.0, ge=0, description="longest wait before the one retry of an UNAVAILABLE stage (gRPC's retry policy)")
     answer_reserve_ms: float = Field(
         50.0, ge=0, description="stages must end this long before the caller's deadline, to degrade and answer")
     max_products_per_request: int = Field(
@@ -80,7 +80,7 @@ class Gateway(classifier_pb2_grpc.ProductClassifierServicer):
         """Open the channels; the gateway serves even while backends are down (it degrades)."""
         s = self.settings
         tls = s.backend_tls()
-        self._channels = [open_channel(a, s.max_message_bytes, tls)
+        self._channels = [open_channel(a, s.max_message_bytes, tls, s.retry_backoff_ms / 1000.0)
                           for a in (s.text_address, s.image_address, s.fusion_address)]
         text, image, fusion = self._channels
         self.pipeline = ClassificationPipeline(
@@ -88,8 +88,7 @@ class Gateway(classifier_pb2_grpc.ProductClassifierServicer):
                   fusion_pb2_grpc.FusionStub(fusion)),
             Limits(s.max_products_per_request, s.max_designation_chars, s.max_description_chars,
                    s.max_image_bytes),
-            FusionPolicy(s.fusion_mode, s.late_fusion_text_weight), s.retry_backoff_ms / 1000.0,
-            s.review_threshold)
+            FusionPolicy(s.fusion_mode, s.late_fusion_text_weight), s.review_threshold)
 
     def stream_policy(self) -> StreamPolicy:
         s = self.settings
