@@ -4,7 +4,7 @@ Starts each service on the bundles of `--models` as `make up` would, one at a ti
 real call (so the model has run), and reads the process's proportional set size (PSS: shared
 pages divided among the processes that map them, so the four services' figures add up) with
 psutil. Then, for a service on ONNX Runtime, one TF Serving GetModelMetadata call, to show what
-loading TensorFlow for that API costs. Prints a table; bench/RESULTS.md keeps the figures.
+loading TensorFlow for that API costs. Prints PSS and RSS; bench/RESULTS.md keeps the figures.
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ from training.data import PROJECT_ROOT
 MIB = 1024 * 1024
 
 
-def pss_mib(process: ServiceProcess) -> float:
-    return psutil.Process(process.process.pid).memory_full_info().pss / MIB
+def memory_mib(process: ServiceProcess) -> tuple[float, float]:
+    """(PSS, RSS) in MiB. PSS shares a library's pages among every process mapping it, so on a
+    machine where other TensorFlow processes run it is lower than in a pod; RSS counts them whole."""
+    info = psutil.Process(process.process.pid).memory_full_info()
+    return info.pss / MIB, info.rss / MIB
 
 
 def one_call(module: str, process: ServiceProcess) -> None:
@@ -68,10 +71,10 @@ def measure(module: str, runtime: str, models: Path, logs: Path) -> dict:
     try:
         one_call(module, process)
         time.sleep(1)
-        row = {"service": module, "runtime": runtime, "pss_mib": pss_mib(process)}
+        row = {"service": module, "runtime": runtime, "mib": memory_mib(process)}
         if runtime == "onnx":
             tf_serving_call(process, module.removesuffix("_service"))
-            row["pss_after_tf_serving_call_mib"] = pss_mib(process)
+            row["after_tf_serving_call_mib"] = memory_mib(process)
         return row
     finally:
         process.stop()
@@ -88,9 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         for entry in args.services.split(","):
             module, runtime = entry.split(":")
             rows.append(measure(module, runtime, args.models.resolve(), Path(logs)))
-            extra = rows[-1].get("pss_after_tf_serving_call_mib")
-            print(f"{module:<15} {runtime:<11} PSS {rows[-1]['pss_mib']:7.0f} MiB"
-                  + (f"   after a TF Serving call: {extra:7.0f} MiB" if extra else ""), flush=True)
+            pss, rss = rows[-1]["mib"]
+            extra = rows[-1].get("after_tf_serving_call_mib")
+            print(f"{module:<15} {runtime:<11} PSS {pss:6.0f} MiB  RSS {rss:6.0f} MiB"
+                  + (f"   after a TF Serving call: PSS {extra[0]:6.0f}, RSS {extra[1]:6.0f} MiB" if extra else ""),
+                  flush=True)
     return 0
 
 
