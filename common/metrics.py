@@ -38,6 +38,9 @@ MODEL_VERSION = Gauge(
 MODEL_CLASS_PRIOR = Gauge(
     "model_class_prior", "Share of each class in the training labels of the version being served "
     "(its bundle's class_priors): the reference the served class mix is compared with.", ["model", "code"])
+MODEL_RUNTIME = Gauge(
+    "model_runtime_info", "1 for the inference runtime and device running the served model (--runtime).",
+    ["model", "runtime", "device"])
 MODEL_LOADS = Counter(
     "model_loads_total", "Model version loads, by outcome (success, failure).", ["model", "outcome"])
 

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from common.model_bundle import BundleInfo, write_bundle
 from common.saved_model import SERVING_SIGNATURE
+from training.export_onnx import runtimes_record, write_onnx
 
 
 def _spec_dict(spec: tf.TensorSpec, description: str = "") -> dict[str, Any]:
@@ -34,11 +35,14 @@ def export_bundle(
     metadata: dict[str, Any],
     input_descriptions: dict[str, str] | None = None,
     version: int | None = None,
+    with_onnx: bool = False,
 ) -> BundleInfo:
     """Write `models_root/name/<version>/` for a model with dict outputs and the given named inputs.
 
     `labels` are (code, name) pairs or objects with `.code` and `.name`, in output order.
     `metadata` adds the model's own fields (training_data, metrics, hyperparameters, ...).
+    `with_onnx`: also write `model.onnx` (`training.export_onnx`, checked against the SavedModel) for
+    ONNX Runtime, for float inputs; metadata.json's `runtimes` says which files the bundle has.
     """
     names = [spec.name for spec in inputs]
     if not all(names) or len(set(names)) != len(names):
@@ -57,6 +61,8 @@ def export_bundle(
         module = tf.Module()
         module.model = serving_model  # tracks the variables and any lookup tables (vocabularies)
         tf.saved_model.save(module, str(folder), signatures={SERVING_SIGNATURE: serve.get_concrete_function()})
+        # write_bundle adds metadata.json after this returns, so the record lands in it.
+        full["runtimes"] = write_onnx(folder) if with_onnx else runtimes_record()
 
     output_specs = serve.get_concrete_function().structured_outputs
     pairs = [(item.code, item.name) if hasattr(item, "code") else item for item in labels]
