@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Mapping, Protocol
 
 import numpy as np
-import tensorflow as tf
 
 from common.errors import InvalidInput, NotFound, TooLarge
 from common.model_repository import ModelRepository
+from common.runtime import TensorSpec
 from rakuten.kserve import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -30,11 +30,12 @@ SERVER_NAME = "rakuten-classifier"
 
 
 class ModelRunner(Protocol):
-    """Named arrays in, named arrays out (`common.saved_model.SignatureRunner` and alike). A runner
-    may name its `platform` in Triton's words (e.g. "onnxruntime_onnx"); "tensorflow" otherwise."""
+    """Named arrays in, named arrays out (`common.runtime.Runner`: `OnnxRunner`, `SignatureRunner`).
+    A runner may name its `platform` in Triton's words (e.g. "onnxruntime_onnx"); "tensorflow"
+    otherwise."""
 
-    input_specs: Mapping[str, tf.TensorSpec]
-    output_specs: Mapping[str, tf.TensorSpec]
+    input_specs: Mapping[str, TensorSpec]
+    output_specs: Mapping[str, TensorSpec]
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]: ...
 
@@ -73,21 +74,19 @@ _CONTENT_FIELDS = [field.name for field in pb.InferTensorContents.DESCRIPTOR.fie
 _LENGTH = struct.Struct("<I")
 
 
-def datatype_of(dtype) -> Datatype:
-    """The v2 datatype of a tensor spec's dtype (a tf.DType or a NumPy dtype)."""
-    dtype = tf.as_dtype(dtype)
-    if dtype == tf.string:
+def datatype_of(spec: TensorSpec) -> Datatype:
+    """The v2 datatype of a tensor spec (TF's dtype name: "string" is BYTES)."""
+    if spec.dtype == "string":
         return DATATYPES["BYTES"]
     try:
-        return _BY_NUMPY[np.dtype(dtype.as_numpy_dtype)]
-    except KeyError:
-        raise TypeError(f"{dtype.name} has no Open Inference Protocol datatype") from None
+        return _BY_NUMPY[spec.numpy_dtype]
+    except (KeyError, TypeError):
+        raise TypeError(f"{spec.dtype} has no Open Inference Protocol datatype") from None
 
 
-def shape_of(spec: tf.TensorSpec) -> list[int]:
-    """The metadata shape: -1 for a dimension of any size (a single -1 for an unknown rank)."""
-    shape = tf.TensorShape(spec.shape)
-    return [-1] if shape.rank is None else [-1 if size is None else size for size in shape.as_list()]
+def shape_of(spec: TensorSpec) -> list[int]:
+    """The metadata shape: -1 for a dimension of any size."""
+    return [-1 if size is None else size for size in spec.shape]
 
 
 def split_bytes(raw: bytes, count: int, where: str) -> list[bytes]:
@@ -220,7 +219,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                             platform=getattr(runner, "platform", "tensorflow"))
         for target, specs in ((response.inputs, runner.input_specs), (response.outputs, runner.output_specs)):
             for name, spec in specs.items():
-                target.add(name=name, datatype=datatype_of(spec.dtype).name, shape=shape_of(spec))
+                target.add(name=name, datatype=datatype_of(spec).name, shape=shape_of(spec))
         return response
 
     def _inputs(self, request: pb.ModelInferRequest, runner: ModelRunner) -> dict[str, np.ndarray]:
@@ -236,12 +235,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 raise InvalidInput(f"{where}: sent twice")
             _refuse_parameters(where, tensor.parameters)
             spec = runner.input_specs[tensor.name]
-            datatype = datatype_of(spec.dtype)
+            datatype = datatype_of(spec)
             if tensor.datatype != datatype.name:
                 raise InvalidInput(f"{where}: datatype must be {datatype.name}, got {tensor.datatype!r}")
             # The declared shape is checked before decoding: a few bytes cannot make it allocate more.
             shape = list(tensor.shape)
-            if any(size < 0 for size in shape) or not tf.TensorShape(spec.shape).is_compatible_with(shape):
+            if any(size < 0 for size in shape) or not spec.is_compatible_with(shape):
                 raise InvalidInput(f"{where}: shape must match {shape_of(spec)}, got {shape}")
             if shape and shape[0] > self._max_batch:
                 raise TooLarge(f"{where}: batch of {shape[0]}, the limit is {self._max_batch}")
@@ -278,7 +277,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         arrays = self._inputs(request, runner)
         names = self._requested_outputs(request, runner)
         outputs = await asyncio.get_running_loop().run_in_executor(None, lambda: runner(**arrays))
-        datatypes = [datatype_of(runner.output_specs[name].dtype) for name in names]
+        datatypes = [datatype_of(runner.output_specs[name]) for name in names]
         # Raw answers raw (as Triton and KServe do), and a datatype without typed contents forces raw.
         raw = bool(request.raw_input_contents) or any(datatype.field is None for datatype in datatypes)
         response = pb.ModelInferResponse(model_name=self._repository.name, model_version=str(version), id=request.id)
