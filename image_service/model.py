@@ -47,9 +47,17 @@ class ImageModel:
         self.bundle = bundle
         self.labels = bundle.labels
         self.input_shape = (INPUT_SIZE, INPUT_SIZE, 3)
-        self.runner = compose(build_backbone(include_top=False), load_saved_model(bundle.path), INPUT_SIZE)
+        self.head = load_saved_model(bundle.path)
+        self.runner = compose(build_backbone(include_top=False), self.head, INPUT_SIZE)
         self.predict([np.full(self.input_shape, 255, np.uint8)])  # builds TF's graphs before traffic
 
     def predict(self, images: list[np.ndarray]) -> list[ImagePrediction]:
         outputs = self.runner(image=np.stack(images))
         return [ImagePrediction(e, p) for e, p in zip(outputs["embedding"], outputs["probabilities"])]
+
+    def predict_features(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """The head alone on backbone features [N, 1280] (evaluation and training read them from a
+        cache): the same signature `predict` runs after the backbone. Empty input, empty outputs."""
+        if not len(features):
+            return {name: np.zeros((0, *spec.shape[1:]), np.float32) for name, spec in self.head.output_specs.items()}
+        return self.head(features=np.asarray(features, np.float32))
