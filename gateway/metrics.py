@@ -11,3 +11,6 @@ ANSWERS = Counter(
     "gateway_answers_total", "Products classified, by the modalities the answer used.", ["modalities"])
 DEGRADED = Counter(
     "gateway_degraded_answers_total", "Products answered in degraded mode, by reason.", ["reason"])
+NEEDS_REVIEW = Counter(
+    "gateway_needs_review_answers_total",
+    "Products whose answer's top score is below its model's review threshold (needs_review).")

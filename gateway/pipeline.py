@@ -5,6 +5,9 @@ batched call under the caller's deadline. Products with both go to fusion. A sta
 degrades the products that needed it to the other modality (marked, with the reason); when the
 fusion service fails, late fusion in the gateway answers (marked). Only a product that no
 modality can answer fails the call, with UNAVAILABLE naming the product and the reasons.
+Each answer `needs_review` when its top score is below the review threshold of the model that
+produced its scores: the text, image or fusion service's (they send their bundle's), or for late
+fusion the gateway's `late_review_threshold` (recorded in the fusion bundle).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Sequence
 import grpc
 
 from common.errors import DeadlineExceeded, InvalidInput, TooLarge, Unavailable
+from common.scores import needs_review
 from gateway import metrics
 from gateway.backends import CallerError, StageOutcome, call_stage
 from gateway.fusion import ScoreVector, late_fusion
@@ -41,6 +45,7 @@ class Limits:
 class FusionPolicy:
     mode: str  # "head": the fusion service; "late": weighted average in the gateway
     late_text_weight: float
+    late_review_threshold: float = 0.0  # late fusion's answers below it need review (fusion bundle's)
 
 
 @dataclass
@@ -53,6 +58,7 @@ class Stubs:
 @dataclass
 class _Answer:
     scores: ScoreVector | None = None
+    review_threshold: float = 0.0  # that of the model whose scores these are
     modalities: list[int] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     reason_labels: list[str] = field(default_factory=list)
@@ -139,8 +145,10 @@ class ClassificationPipeline:
                 continue
             if i in texts:
                 answer.scores, answer.modalities = ScoreVector(texts[i].top_k), [common_pb2.MODALITY_TEXT]
+                answer.review_threshold = text_outcome.response.review_threshold
             elif i in images:
                 answer.scores, answer.modalities = ScoreVector(images[i].top_k), [common_pb2.MODALITY_IMAGE]
+                answer.review_threshold = image_outcome.response.review_threshold
             if i in text_positions and i not in texts:
                 answer.reasons.append(f"text unavailable ({text_outcome.failure})")
                 answer.reason_labels.append("text_failed")
@@ -165,7 +173,11 @@ class ClassificationPipeline:
             for label in answer.reason_labels:
                 metrics.DEGRADED.labels(label).inc()
             metrics.ANSWERS.labels("+".join(common_pb2.Modality.Name(m)[9:].lower() for m in answer.modalities)).inc()
+            review = bool(needs_review(float(answer.scores.values.max()), answer.review_threshold))
+            if review:
+                metrics.NEEDS_REVIEW.inc()
             results.append(classifier_pb2.Classification(
+                needs_review=review,
                 id=product.id, top_k=answer.scores.top_k(top_k), modalities=answer.modalities,
                 degraded=bool(answer.reasons), degraded_reason="; ".join(answer.reasons),
                 language=texts[i].language if i in texts else "", models=models, timings=timings))
@@ -185,11 +197,13 @@ class ClassificationPipeline:
             if outcome.ok:
                 for i, result in zip(paired, outcome.response.results):
                     answers[i].scores, answers[i].modalities = ScoreVector(result.top_k), both
+                    answers[i].review_threshold = outcome.response.review_threshold
                 return outcome
         for i in paired:
             answers[i].scores = late_fusion(ScoreVector(texts[i].top_k), ScoreVector(images[i].top_k),
                                             self.policy.late_text_weight)
             answers[i].modalities = both
+            answers[i].review_threshold = self.policy.late_review_threshold
             if self.policy.mode == "head":
                 answers[i].reasons.append(f"fusion unavailable, late fusion used ({outcome.failure})")
                 answers[i].reason_labels.append("fusion_failed")

@@ -28,6 +28,8 @@ class GatewaySettings(ServiceSettings):
         "head", description="head: the fusion service; late: weighted average of text and image scores")
     late_fusion_text_weight: float = Field(
         0.5, ge=0.0, le=1.0, description="text weight of late fusion (from make eval-fusion)")
+    late_fusion_review_threshold: float = Field(
+        0.0, ge=0.0, le=1.0, description="late-fusion answers below this top score need review (make calibrate)")
     default_deadline_seconds: float = Field(10.0, gt=0, description="deadline of calls that set none")
     retry_backoff_ms: float = Field(50.0, ge=0, description="wait before the one retry of an UNAVAILABLE stage")
     answer_reserve_ms: float = Field(
@@ -79,7 +81,8 @@ class Gateway(classifier_pb2_grpc.ProductClassifierServicer):
                   fusion_pb2_grpc.FusionStub(fusion)),
             Limits(s.max_products_per_request, s.max_designation_chars, s.max_description_chars,
                    s.max_image_bytes),
-            FusionPolicy(s.fusion_mode, s.late_fusion_text_weight), s.retry_backoff_ms / 1000.0)
+            FusionPolicy(s.fusion_mode, s.late_fusion_text_weight, s.late_fusion_review_threshold),
+            s.retry_backoff_ms / 1000.0)
 
     async def stop(self) -> None:
         for channel in self._channels:
