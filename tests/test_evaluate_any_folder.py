@@ -50,3 +50,25 @@ def test_evaluation_runs_on_a_folder_without_a_train_split(val_only, evaluate, n
     assert 0 <= metrics["calibration"]["ece_after"] <= 1
     assert (report / "reliability.png").stat().st_size > 0
     assert "## Confidence" in (report / "report.md").read_text()
+
+
+def test_calibrate_fits_every_bundle_on_held_out_train_rows(tmp_path, synthetic_models):
+    from training import calibrate
+
+    data = write_data_folder(tmp_path / "data", rows=60, split=None)
+    models = tmp_path / "models"
+    shutil.copytree(synthetic_models, models)
+    update_metadata(read_bundle(models, "fusion"), {"late_fusion_text_weight": 0.6,
+                                                    "gateway_settings": {"fusion_mode": "head"}})
+    assert calibrate.main(["--data", str(data), "--models", str(models), "--cache-dir", str(tmp_path / "cache")]) == 0
+    sections = {name: read_bundle(models, name).metadata["calibration"] for name in ("text", "image", "fusion")}
+    for name, section in sections.items():
+        assert section["temperature"] > 0 and 0 < section["review_threshold"] <= 1, name
+        assert section["held_out_rows"] > 0 and "split == train" in section["held_out"]
+    # 60 rows, 1 in 5 val: the 16 train products with a text and an image are every model's held-out set
+    # but the text model's (its early-stopping rows: those 16 and a stratified share of the rest).
+    assert sections["image"]["held_out_rows"] == sections["fusion"]["held_out_rows"] == 16
+    assert sections["text"]["held_out_rows"] > 16
+    gateway = read_bundle(models, "fusion").metadata["gateway_settings"]
+    assert gateway["fusion_mode"] == "head"
+    assert gateway[calibrate.LATE_THRESHOLD] == sections["fusion"][calibrate.LATE_THRESHOLD]

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from common.model_bundle import bundle_size_bytes
+from training.calibrate import calibrate_fusion
 from training.data import PROJECT_ROOT, data_dir, fingerprint
 from training.fusion_data import Encoded, FusionInputs, load_fusion_inputs
 from training.fusion_model import (
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "gateway_settings": {"fusion_mode": GATEWAY_MODE[served], "late_fusion_text_weight": text_weight},
     }
     bundle = export_fusion_bundle(model, args.models, inputs.categories, metadata)
+    calibrate_fusion(root, args.models, bundle.version)  # the same step as `make calibrate`
     size = bundle_size_bytes(bundle.path)
     print(f"late fusion text weight {text_weight:.2f} (chosen on the {len(real_text.index)} real train pairs); "
           f"the gateway serves: {served}")
