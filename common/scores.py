@@ -32,14 +32,9 @@ def top_k_scores(probabilities: np.ndarray, labels: Sequence[Label], k: int) -> 
             for i in best]
 
 
-
-def answer_scores(probabilities: np.ndarray, bundle: BundleInfo, k: int) -> list[common_pb2.ClassScore]:
-    """What a service answers for one item: the top k of the bundle's calibrated probabilities."""
-    return top_k_scores(Calibration.of(bundle.metadata).apply(probabilities), bundle.labels, k)
-
-
 #: Where a bundle's metadata.json keeps its calibration (written by `python -m training.calibrate`).
 CALIBRATION_KEY = "calibration"
+_TINY = 1e-12  # probabilities of 0 (float32 underflow) get a finite logit
 
 
 @dataclass(frozen=True)
@@ -72,13 +67,15 @@ class Calibration:
         scaled = np.exp(logits)
         return (scaled / scaled.sum(axis=-1, keepdims=True)).astype(np.float32)
 
-    def needs_review(self, top_probability: float | np.ndarray) -> bool | np.ndarray:
+    def needs_review(self, top_probability: float | np.ndarray) -> np.bool_ | np.ndarray:
         return needs_review(top_probability, self.review_threshold)
 
 
-def needs_review(top_probability: float | np.ndarray, threshold: float) -> bool | np.ndarray:
+def needs_review(top_probability: float | np.ndarray, threshold: float) -> np.bool_ | np.ndarray:
     """True where the answer's top (calibrated) probability is below the review threshold."""
-    return np.asarray(top_probability) < threshold if np.ndim(top_probability) else top_probability < threshold
+    return np.asarray(top_probability) < threshold
 
 
-_TINY = 1e-12  # probabilities of 0 (float32 underflow) get a finite logit
+def answer_scores(probabilities: np.ndarray, bundle: BundleInfo, k: int) -> list[common_pb2.ClassScore]:
+    """What a service answers for one item: the top k of the bundle's calibrated probabilities."""
+    return top_k_scores(Calibration.of(bundle.metadata).apply(probabilities), bundle.labels, k)

@@ -24,7 +24,8 @@ JOBS = {"gateway": "gateway", "text_service": "text-service", "image_service": "
 KIT_METRICS = {"grpc_server_started_total", "grpc_server_handled_total", "grpc_server_handling_seconds",
                "grpc_server_in_flight_requests", "model_batch_size", "model_queue_wait_seconds",
                "model_inference_seconds", "model_queue_items", "model_version_info", "model_loads_total"}
-GATEWAY_METRICS = {"gateway_stage_seconds", "gateway_answers_total", "gateway_degraded_answers_total"}
+GATEWAY_METRICS = {"gateway_stage_seconds", "gateway_answers_total", "gateway_degraded_answers_total",
+                   "gateway_needs_review_answers_total"}
 
 
 def tool(find):
