@@ -90,3 +90,16 @@ def test_fit_calibration_section_and_bundle_metadata_round_trip(tmp_path):
     scores = answer_scores(probabilities[0], stored, 3)
     assert [s.score for s in scores] == pytest.approx(sorted(calibration.apply(probabilities[0]), reverse=True))
     assert Calibration.of({}) == Calibration(1.0, 0.0) and not Calibration.of({}).needs_review(0.01)
+
+
+def test_the_ece_noise_floor_is_what_a_perfectly_calibrated_model_shows():
+    from training.calibration import ece_noise_floor
+
+    probabilities, _ = overconfident(rows=300, classes=4, factor=1.0, seed=2)
+    floor = ece_noise_floor(probabilities)
+    # Labels drawn from the probabilities themselves: calibrated by construction, ECE is noise alone.
+    rng = np.random.default_rng(5)
+    drawn = np.array([rng.choice(4, p=p) for p in probabilities])
+    assert 0.01 < floor < 0.1
+    assert expected_calibration_error(probabilities, drawn) < 2.5 * floor
+    assert ece_noise_floor(np.tile(probabilities, (20, 1))) < floor / 2  # shrinks with more rows

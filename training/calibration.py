@@ -28,6 +28,21 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
     return float(np.sum(table["count"] * np.abs(table["accuracy"] - table["confidence"])) / max(total, 1))
 
 
+def ece_noise_floor(probabilities: np.ndarray, draws: int = 50, seed: int = 0) -> float:
+    """The mean ECE a perfectly calibrated model with these confidences would show on as many rows
+    (labels drawn from its own probabilities): below it, an ECE is sampling noise, not miscalibration."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if not len(probabilities):
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    cumulative = np.cumsum(probabilities / probabilities.sum(axis=1, keepdims=True), axis=1)
+    last = probabilities.shape[1] - 1
+    return float(np.mean([
+        expected_calibration_error(probabilities, np.minimum((rng.random((len(cumulative), 1)) > cumulative).sum(1),
+                                                             last))
+        for _ in range(draws)]))
+
+
 def reliability_table(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict[str, np.ndarray]:
     """Per confidence bin: rows, mean top probability, accuracy (0 where empty); `edges` [bins + 1]."""
     probabilities = np.asarray(probabilities, dtype=np.float64)

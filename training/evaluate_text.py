@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                f"- data fingerprint: `{training_data.get('fingerprint', '?')[:16]}…`; "
                f"trained on split == train ({training_data.get('rows_train', '?')} rows "
                f"+ {training_data.get('rows_early_stopping', '?')} early-stopping rows), "
-               f"evaluated on split == val through `TextModel` (the `{SERVING_SIGNATURE}` signature) "
-               f"(inputs {', '.join(f'`{name}`' for name in INPUT_NAMES)})",
+               f"evaluated on split == val through `TextModel` (`{SERVING_SIGNATURE}` signature, "
+               f"inputs {', '.join(f'`{name}`' for name in INPUT_NAMES)})",
                "- baselines are trained on split == train and evaluated on the same val rows"
                if baselines else "- no split == train rows in the data folder: no baselines"],
         calibration=confidence,

@@ -23,7 +23,7 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 
 from common.scores import Calibration  # noqa: E402
 from training.calibration import (ECE_BINS, REVIEW_PRECISION, Acceptance, acceptance,  # noqa: E402
-                                  expected_calibration_error, reliability_table)
+                                  ece_noise_floor, expected_calibration_error, reliability_table)
 
 REPORT_FILE = "report.md"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
@@ -100,6 +100,7 @@ class CalibrationSummary:
     calibration: Calibration
     ece_before: float
     ece_after: float
+    ece_noise_floor: float  # what a perfectly calibrated model would show on as many rows
     coverage: dict[str, Acceptance]  # group name -> acceptance at the review threshold
     before: dict[str, np.ndarray]    # reliability tables (`training.calibration.reliability_table`)
     after: dict[str, np.ndarray]
@@ -108,7 +109,8 @@ class CalibrationSummary:
         """Printed by every `make eval-*`."""
         c = self.calibration
         return [f"ECE ({ECE_BINS} bins, top label): {self.ece_before:.4f} raw -> {self.ece_after:.4f} calibrated "
-                f"(temperature {c.temperature:.3f}); review threshold {c.review_threshold:.3f}",
+                f"(temperature {c.temperature:.3f}; a perfectly calibrated model: {self.ece_noise_floor:.4f} "
+                f"on as many rows); review threshold {c.review_threshold:.3f}",
                 *(f"  {a.line(name)}" for name, a in self.coverage.items())]
 
 
@@ -120,6 +122,7 @@ def summarise_calibration(raw: np.ndarray, labels: np.ndarray, calibration: Cali
     masks = {"all": np.ones(len(labels), bool), **(groups or {})}
     return CalibrationSummary(
         calibration, expected_calibration_error(raw, labels), expected_calibration_error(calibrated, labels),
+        ece_noise_floor(calibrated),
         {name: acceptance(calibrated[mask], labels[mask], calibration) for name, mask in masks.items() if mask.any()},
         reliability_table(raw, labels), reliability_table(calibrated, labels))
 
@@ -153,7 +156,9 @@ def _calibration_section(summary: CalibrationSummary) -> list[str]:
     lines = ["## Confidence", "",
              f"Top-label expected calibration error ({ECE_BINS} equal-width bins): **{summary.ece_before:.4f}** "
              f"for the model's raw probabilities, **{summary.ece_after:.4f}** after the bundle's temperature "
-             f"{c.temperature:.3f} (what the service answers). An answer whose top probability is below "
+             f"{c.temperature:.3f} (what the service answers). Sampling noise alone gives a perfectly "
+             f"calibrated model with these confidences an ECE of {summary.ece_noise_floor:.4f} on as many "
+             f"rows (mean of 50 draws of labels from its own probabilities). An answer whose top probability is below "
              f"**{c.review_threshold:.3f}** carries `needs_review` (chosen on held-out train rows for "
              f">= {REVIEW_PRECISION:.0%} correct among the accepted).", "",
              "| group | rows | coverage (accepted) | correct among accepted |", "|---|---:|---:|---:|"]
@@ -166,6 +171,7 @@ def _calibration_metrics(summary: CalibrationSummary) -> dict:
     return {"temperature": summary.calibration.temperature,
             "review_threshold": summary.calibration.review_threshold,
             "ece_bins": ECE_BINS, "ece_before": summary.ece_before, "ece_after": summary.ece_after,
+            "ece_perfectly_calibrated": summary.ece_noise_floor,
             "coverage": {name: {"rows": a.rows, "coverage": a.coverage,
                                 "precision": None if np.isnan(a.precision) else a.precision}
                          for name, a in summary.coverage.items()}}
