@@ -53,7 +53,7 @@ def _record(bundle: BundleInfo, section: dict[str, Any], extra: dict[str, Any] |
     return section
 
 
-def calibrate_text(root: Path, models: Path, version: int | None = None, cache_dir: Path = CACHE_DIR) -> dict:
+def calibrate_text(root: Path, models: Path, version: int | None = None, cache_dir: Path | None = None) -> dict:
     bundle = read_bundle(models, "text", version)
     splits = load_text_splits(root, cache_dir)
     fit = {**dataclasses.asdict(FitConfig()), **bundle.metadata.get("hyperparameters", {}).get("fit", {})}

@@ -87,8 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", help="data folder (default: $RAKUTEN_DATA or ../shared/rakuten)")
     parser.add_argument("--models", type=Path, default=PROJECT_ROOT / "models")
     parser.add_argument("--report", type=Path, default=PROJECT_ROOT / "reports" / "text")
-    parser.add_argument("--cache-dir", type=Path, default=PROJECT_ROOT / ".cache",
-                        help="preprocessing and feature cache folder")
+    parser.add_argument("--cache-dir", type=Path, help="preprocessing cache folder (default: .cache/)")
     parser.add_argument("--version", type=int, help="bundle version (default: the latest)")
     return parser.parse_args(argv)
 
