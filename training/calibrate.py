@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from common.model_bundle import BundleInfo, read_bundle, update_metadata
