@@ -64,6 +64,14 @@ train: train-text train-image train-fusion ## train the three models in order
 
 eval: eval-text eval-image eval-fusion ## evaluate the three models
 
+# ---------------------------------------------------------------------------------------------
+# Calibration: each bundle's temperature and review threshold, fitted on held-out rows of the
+# train split without retraining (the trainers run the same step on the bundles they export).
+.PHONY: calibrate
+
+calibrate: $(GENERATED) ## fit temperature + review threshold of models/{text,image,fusion} on held-out train rows
+	$(PY) -m training.calibrate --data $(RAKUTEN_DATA) --models $(MODELS)
+
 up: $(GENERATED) ## start the four services and the demo page (:8080, WEB_PORT) with models/ (logs in run/)
 	$(PY) -m ops.local_stack up --models $(MODELS) --web-port $(WEB_PORT)
 

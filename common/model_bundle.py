@@ -112,6 +112,16 @@ def write_bundle(
     return read_bundle(models_root, name, version)
 
 
+def update_metadata(bundle: BundleInfo, changes: dict[str, Any]) -> BundleInfo:
+    """Add or replace top-level metadata fields of an existing version (calibration fitted after
+    training); the SavedModel is untouched and the file is replaced atomically."""
+    metadata = {**bundle.metadata, **changes}
+    staging = bundle.path / f".{METADATA_FILE}.tmp"
+    staging.write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(staging, bundle.path / METADATA_FILE)
+    return read_bundle(bundle.path.parent.parent, bundle.name, bundle.version)
+
+
 def bundle_size_bytes(path: Path) -> int:
     """On-disk weight of a bundle folder, reported in docs and training logs."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

@@ -19,6 +19,7 @@ from common.errors import InvalidInput, TooLarge
 from common.model_bundle import BundleInfo
 from common.model_repository import ModelRepository
 from common.runtime import Runner
+from common.scores import Calibration
 from common.settings import ModelServiceSettings
 from rakuten.kserve import grpc_predict_v2_pb2_grpc
 from rakuten.v1 import common_pb2
@@ -97,3 +98,8 @@ def served_version(outputs: Sequence[tuple[BundleInfo, object]]) -> common_pb2.M
     """The version that answered a call (the last item's, should a swap fall inside the call)."""
     bundle = outputs[-1][0]
     return common_pb2.ModelVersion(name=bundle.name, version=bundle.version)
+
+
+def served_review_threshold(outputs: Sequence[tuple[BundleInfo, object]]) -> float:
+    """The review threshold of the version that answered a call (as `served_version`)."""
+    return Calibration.of(outputs[-1][0].metadata).review_threshold

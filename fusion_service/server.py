@@ -6,9 +6,9 @@ import numpy as np
 from pydantic import Field
 
 from common.errors import InvalidInput
-from common.model_service import BatchedModelService, served_version
+from common.model_service import BatchedModelService, served_review_threshold, served_version
 from common.runtime import RuntimeConfig
-from common.scores import resolve_top_k, top_k_scores
+from common.scores import answer_scores, resolve_top_k
 from common.settings import ModelServiceSettings
 from common.timing import StageTimer
 from fusion_service.model import FusionModel
@@ -56,7 +56,8 @@ class FusionService(BatchedModelService[tuple[np.ndarray, np.ndarray], np.ndarra
             if not np.isfinite(probabilities).all():  # finite inputs, e.g. 3e38, can still overflow float32
                 raise InvalidInput(f"inputs[{i}]: the model's scores overflow for these embedding values "
                                    "(far outside what the encoders produce)")
-            response.results.add().top_k.extend(top_k_scores(probabilities, used.labels, k))
+            response.results.add().top_k.extend(answer_scores(probabilities, used, k))
         response.model.CopyFrom(served_version(outputs))
+        response.review_threshold = served_review_threshold(outputs)
         response.timings.extend(timer.protos())
         return response

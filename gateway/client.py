@@ -55,6 +55,7 @@ class Answer:
     models: dict[str, int]
     timings: dict[str, float]
     id: str = ""
+    needs_review: bool = False
     raw: classifier_pb2.Classification = field(default=None, repr=False)
 
     @classmethod
@@ -64,7 +65,8 @@ class Answer:
             modalities=[common_pb2.Modality.Name(m).removeprefix("MODALITY_").lower() for m in message.modalities],
             degraded=message.degraded, degraded_reason=message.degraded_reason, language=message.language,
             models={m.name: m.version for m in message.models},
-            timings={t.stage: t.seconds for t in message.timings}, id=message.id, raw=message)
+            timings={t.stage: t.seconds for t in message.timings}, id=message.id,
+            needs_review=message.needs_review, raw=message)
 
 
 @dataclass
@@ -185,6 +187,8 @@ def render(answer: Answer) -> str:
         lines.append(f"{rank}. {category.code:>5}  {category.name:<32} {category.score:6.1%}  {bar}")
     used = " + ".join(answer.modalities)
     lines.append(f"based on: {used}" + (f"   language: {answer.language}" if answer.language else ""))
+    if answer.needs_review:
+        lines.append("NEEDS REVIEW: the top score is below the model's review threshold")
     if answer.degraded:
         lines.append(f"DEGRADED: {answer.degraded_reason}")
     lines.append("models: " + ", ".join(f"{name} v{version}" for name, version in answer.models.items()))
@@ -236,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
             return 1
     if args.json:
-        print(json.dumps(json_format.MessageToDict(answer.raw, preserving_proto_field_name=True),
+        print(json.dumps(json_format.MessageToDict(answer.raw, preserving_proto_field_name=True,
+                                                   always_print_fields_with_no_presence=True),
                          ensure_ascii=False, indent=2))
     else:
         print(render(answer))

@@ -20,7 +20,8 @@ TOP_PROBABILITY = Histogram(
     buckets=PROBABILITY_BUCKETS)
 NEEDS_REVIEW = Counter(
     "gateway_needs_review_answers_total",
-    "Answers that need a human look: top probability below the gateway's review_threshold.", ["modalities"])
+    "Answers that need a human look (needs_review: the top probability is below the review threshold of "
+    "the model that produced the scores).", ["modalities"])
 DEGRADED = Counter(
     "gateway_degraded_answers_total", "Products answered in degraded mode, by reason.", ["reason"])
 STREAM_ITEMS = Counter(

@@ -6,6 +6,9 @@ degrades the products that needed it to the other modality (marked, with the rea
 fusion service fails, late fusion in the gateway answers (marked). Only a product that no
 modality can answer fails the call, with UNAVAILABLE naming the product and the reasons.
 `classify_each` is the same for a stream: each product gets its answer or its own error.
+Each answer `needs_review` when its top score is below the review threshold of the model that
+produced its scores: the text, image or fusion service's (they send their bundle's), or for late
+fusion the gateway's `late_review_threshold` (recorded in the fusion bundle).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Sequence
 import grpc
 
 from common.errors import DeadlineExceeded, InvalidInput, ServiceError, TooLarge, Unavailable
+from common.scores import needs_review
 from gateway import metrics
 from gateway.backends import CallerError, StageOutcome, call_stage
 from gateway.fusion import ScoreVector, late_fusion
@@ -42,6 +46,7 @@ class Limits:
 class FusionPolicy:
     mode: str  # "head": the fusion service; "late": weighted average in the gateway
     late_text_weight: float
+    late_review_threshold: float = 0.0  # late fusion's answers below it need review (fusion bundle's)
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Stubs:
 @dataclass
 class _Answer:
     scores: ScoreVector | None = None
+    review_threshold: float = 0.0  # that of the model whose scores these are
     modalities: list[int] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     reason_labels: list[str] = field(default_factory=list)
@@ -68,11 +74,10 @@ def batch_names(count: int) -> list[str]:
 class _Answered:
     classification: classifier_pb2.Classification
     answer: _Answer
-    review_threshold: float
 
     def deliver(self) -> classifier_pb2.Classification:
         """The classification, counted in the metrics as it goes to the caller."""
-        count_answer(self.answer, self.review_threshold)
+        count_answer(self.answer, self.classification.needs_review)
         return self.classification
 
 
@@ -119,12 +124,7 @@ def _caller_error(error: CallerError, positions: list[int], names: Sequence[str]
     return (TooLarge if too_large else InvalidInput)(f"{names[product]}{part}{error.details[match.end():]}", product)
 
 
-def needs_review(top_probability: float, review_threshold: float) -> bool:
-    """Whether an answer is too unsure to act on without a person: the one place that decides it."""
-    return top_probability < review_threshold
-
-
-def count_answer(answer: _Answer, review_threshold: float) -> None:
+def count_answer(answer: _Answer, review: bool) -> None:
     """What was served, for the monitoring: the answer's modalities and top class, how sure it is,
     whether it needs review, and why it is degraded (gateway/metrics.py)."""
     modalities = "+".join(common_pb2.Modality.Name(m)[9:].lower() for m in answer.modalities)
@@ -132,18 +132,17 @@ def count_answer(answer: _Answer, review_threshold: float) -> None:
     metrics.know_codes(answer.scores.codes)
     metrics.ANSWERS.labels(modalities, str(code)).inc()
     metrics.TOP_PROBABILITY.labels(modalities).observe(probability)
-    if needs_review(probability, review_threshold):
+    if review:
         metrics.NEEDS_REVIEW.labels(modalities).inc()
     for label in answer.reason_labels:
         metrics.DEGRADED.labels(label).inc()
 
 
 class ClassificationPipeline:
-    def __init__(self, stubs: Stubs, limits: Limits, policy: FusionPolicy, review_threshold: float):
+    def __init__(self, stubs: Stubs, limits: Limits, policy: FusionPolicy):
         self.stubs = stubs
         self.limits = limits
         self.policy = policy
-        self.review_threshold = review_threshold
 
     async def _stage(self, stage: str, method, request, positions: list[int], deadline: float,
                      names: Sequence[str] = ()) -> StageOutcome:
@@ -228,8 +227,10 @@ class ClassificationPipeline:
                 continue
             if i in texts:
                 answer.scores, answer.modalities = ScoreVector(texts[i].top_k), [common_pb2.MODALITY_TEXT]
+                answer.review_threshold = text_outcome.response.review_threshold
             elif i in images:
                 answer.scores, answer.modalities = ScoreVector(images[i].top_k), [common_pb2.MODALITY_IMAGE]
+                answer.review_threshold = image_outcome.response.review_threshold
             if i in text_positions and i not in texts:
                 answer.reasons.append(f"text unavailable ({text_outcome.failure})")
                 answer.reason_labels.append("text_failed")
@@ -251,10 +252,11 @@ class ClassificationPipeline:
                 results.append(unanswerable(f"{names[i]}: no modality could answer: {', '.join(answer.reasons)}", i))
                 continue
             results.append(_Answered(classifier_pb2.Classification(
+                needs_review=bool(needs_review(float(answer.scores.values.max()), answer.review_threshold)),
                 id=product.id, top_k=answer.scores.top_k(top_ks[i]), modalities=answer.modalities,
                 degraded=bool(answer.reasons), degraded_reason="; ".join(answer.reasons),
                 language=texts[i].language if i in texts else "", models=models, timings=timings),
-                answer, self.review_threshold))
+                answer))
         return results
 
     async def _fuse(self, paired: list[int], texts, images, answers: list[_Answer], deadline: float) -> StageOutcome:
@@ -271,11 +273,13 @@ class ClassificationPipeline:
             if outcome.ok:
                 for i, result in zip(paired, outcome.response.results):
                     answers[i].scores, answers[i].modalities = ScoreVector(result.top_k), both
+                    answers[i].review_threshold = outcome.response.review_threshold
                 return outcome
         for i in paired:
             answers[i].scores = late_fusion(ScoreVector(texts[i].top_k), ScoreVector(images[i].top_k),
                                             self.policy.late_text_weight)
             answers[i].modalities = both
+            answers[i].review_threshold = self.policy.late_review_threshold
             if self.policy.mode == "head":
                 answers[i].reasons.append(f"fusion unavailable, late fusion used ({outcome.failure})")
                 answers[i].reason_labels.append("fusion_failed")

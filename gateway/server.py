@@ -29,6 +29,8 @@ class GatewaySettings(ServiceSettings):
         "head", description="head: the fusion service; late: weighted average of text and image scores")
     late_fusion_text_weight: float = Field(
         0.5, ge=0.0, le=1.0, description="text weight of late fusion (from make eval-fusion)")
+    late_fusion_review_threshold: float = Field(
+        0.0, ge=0.0, le=1.0, description="late-fusion answers below this top score need review (make calibrate)")
     default_deadline_seconds: float = Field(10.0, gt=0, description="deadline of calls that set none")
     retry_backoff_ms: float = Field(50.0, ge=0, description="longest wait before the one retry of an UNAVAILABLE stage (gRPC's retry policy)")
     answer_reserve_ms: float = Field(
@@ -42,9 +44,6 @@ class GatewaySettings(ServiceSettings):
     max_designation_chars: int = Field(1_000, ge=1, description="longest title accepted")
     max_description_chars: int = Field(50_000, ge=1, description="longest description accepted")
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest encoded image accepted")
-    review_threshold: float = Field(
-        0.5, ge=0.0, le=1.0,
-        description="answers whose top probability is below it count as needing review (gateway_needs_review_answers_total)")
     default_top_k: int = Field(3, ge=1, description="top_k used when a request leaves it at 0")
     n_classes: int = Field(27, ge=1, description="number of product type codes the models know")
     backend_tls_ca_file: Path | None = Field(
@@ -88,7 +87,7 @@ class Gateway(classifier_pb2_grpc.ProductClassifierServicer):
                   fusion_pb2_grpc.FusionStub(fusion)),
             Limits(s.max_products_per_request, s.max_designation_chars, s.max_description_chars,
                    s.max_image_bytes),
-            FusionPolicy(s.fusion_mode, s.late_fusion_text_weight), s.review_threshold)
+            FusionPolicy(s.fusion_mode, s.late_fusion_text_weight, s.late_fusion_review_threshold))
 
     def stream_policy(self) -> StreamPolicy:
         s = self.settings

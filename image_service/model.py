@@ -69,10 +69,31 @@ class ImageModel:
         self.bundle = bundle
         self.labels = bundle.labels
         self.input_shape = (INPUT_SIZE, INPUT_SIZE, 3)
+        self.runtime = runtime
         build = onnx_network if runtime.bundle_runtime(bundle) == ONNX else tensorflow_network
         self.runner: Runner = build(bundle, runtime)
+        self._head: Runner | None = None
         self.predict([np.full(self.input_shape, 255, np.uint8)])  # builds the runtime's kernels before traffic
+
+    @property
+    def head(self) -> Runner:
+        """The bundle's head alone (features in), on the same runtime; loaded on first use (evaluation)."""
+        if self._head is None:
+            if self.runtime.bundle_runtime(self.bundle) == ONNX:
+                self._head = self.runtime.onnx_runner(str(self.bundle.path / ONNX_FILE))
+            else:
+                from common.saved_model import load_saved_model
+
+                self._head = load_saved_model(self.bundle.path)
+        return self._head
 
     def predict(self, images: list[np.ndarray]) -> list[ImagePrediction]:
         outputs = self.runner(**{IMAGE_INPUT: np.stack(images)})
         return [ImagePrediction(e, p) for e, p in zip(outputs["embedding"], outputs["probabilities"])]
+
+    def predict_features(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """The head alone on backbone features [N, 1280] (evaluation and training read them from a
+        cache): the same signature `predict` runs after the backbone. Empty input, empty outputs."""
+        if not len(features):
+            return {name: np.zeros((0, *spec.shape[1:]), np.float32) for name, spec in self.head.output_specs.items()}
+        return self.head(features=np.asarray(features, np.float32))

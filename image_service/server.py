@@ -7,9 +7,9 @@ import asyncio
 import numpy as np
 from pydantic import Field
 
-from common.model_service import BatchedModelService, served_version
+from common.model_service import BatchedModelService, served_review_threshold, served_version
 from common.runtime import RuntimeConfig, node_cpus
-from common.scores import resolve_top_k, top_k_scores
+from common.scores import answer_scores, resolve_top_k
 from common.settings import ModelServiceSettings
 from common.timing import StageTimer
 from image_service.model import ImageModel, ImagePrediction
@@ -65,9 +65,10 @@ class ImageService(BatchedModelService[np.ndarray, ImagePrediction], image_pb2_g
         response = image_pb2.EncodeImageResponse()
         for used, prediction in outputs:
             result = response.results.add()
-            result.top_k.extend(top_k_scores(prediction.probabilities, used.labels, k))
+            result.top_k.extend(answer_scores(prediction.probabilities, used, k))
             if not request.omit_embedding:
                 result.embedding.extend(prediction.embedding.tolist())
         response.model.CopyFrom(served_version(outputs))
+        response.review_threshold = served_review_threshold(outputs)
         response.timings.extend(timer.protos())
         return response

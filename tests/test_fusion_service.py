@@ -20,6 +20,7 @@ from training.fusion_model import FusionConfig, export_fusion_bundle, train_fusi
 
 LABELS = [Label(10, "Livre occasion"), Label(2583, "Autour de la piscine")]
 TEXT_DIM, IMAGE_DIM = 6, 4
+CALIBRATION = {"temperature": 3.0, "review_threshold": 0.55}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def fusion_models(tmp_path_factory):
     image = rng.normal(size=(200, IMAGE_DIM))
     model, _ = train_fusion_model(text, image, labels, 2, FusionConfig(hidden_units=8), FitConfig(max_epochs=20))
     models = tmp_path_factory.mktemp("models")
-    export_fusion_bundle(model, models, LABELS, {"metrics": {}})
+    export_fusion_bundle(model, models, LABELS, {"metrics": {}, "calibration": CALIBRATION})
     return models
 
 
@@ -40,6 +41,7 @@ def service(request, fusion_models, tmp_path_factory):
                                                 "--runtime", request.param],
                              tmp_path_factory.mktemp("logs")).start()
     process.runtime = request.param
+    process.models = fusion_models
     yield process
     assert process.stop() == 0, process.log()
 
@@ -57,6 +59,22 @@ def test_fuse_answers_in_order(service):
     assert response.results[0].top_k[0].name == "Autour de la piscine"
     assert sum(s.score for s in response.results[0].top_k) == pytest.approx(1.0, abs=1e-5)
     assert (response.model.name, response.model.version) == ("fusion", 1)
+
+
+def test_fuse_answers_the_bundles_calibrated_scores_and_its_review_threshold(service):
+    from common.model_bundle import read_bundle
+    from common.scores import Calibration
+    from fusion_service.model import FusionModel
+
+    pair = ([0.5] * TEXT_DIM, [0.2] * IMAGE_DIM)
+    response = fuse(service, [pair], top_k=2)
+    model = FusionModel(read_bundle(service.models, "fusion"))
+    raw = model.predict([tuple(np.asarray(values, np.float32) for values in pair)])[0]
+    expected = Calibration(CALIBRATION["temperature"]).apply(raw)
+    assert {s.code: s.score for s in response.results[0].top_k} == pytest.approx(
+        {label.code: float(p) for label, p in zip(LABELS, expected)}, abs=1e-6)
+    assert max(s.score for s in response.results[0].top_k) < raw.max()  # T > 1 softens
+    assert response.review_threshold == pytest.approx(CALIBRATION["review_threshold"])
 
 
 @pytest.mark.parametrize("pairs, top_k, code, message", [

@@ -1,8 +1,11 @@
 """How `make train-fusion` builds the head and its comparison table (no data folder needed)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from common.model_bundle import BundleInfo
 from training.data import Category
 from training.fusion_data import Encoded, EncodedProducts, FusionInputs
 from training.fusion_model import OutputLayer, output_layer, predict_fusion, product_of_experts_head
@@ -29,7 +32,10 @@ def inputs():
                             image=encoded([3, 4, 5, 6, 7, 8], [0, 1, 2, 0, 1, 2], 2))
     val = EncodedProducts(text=encoded([10, 11, 12, 13], [0, 1, 2, 0], 3),
                           image=encoded([11, 12, 13, 14], [1, 2, 0, 1], 4, accurate=False))
-    return FusionInputs(train, val, [Category(c, f"class {c}") for c in (10, 20, 30)], None, None)
+    # Calibrated bundles (late fusion mixes the calibrated scores the services answer).
+    text_bundle = BundleInfo("text", 1, Path("models/text/1"), {"calibration": {"temperature": 2.0}})
+    image_bundle = BundleInfo("image", 1, Path("models/image/1"), {"calibration": {"temperature": 0.5}})
+    return FusionInputs(train, val, [Category(c, f"class {c}") for c in (10, 20, 30)], text_bundle, image_bundle)
 
 
 def test_real_pairs_are_aligned_by_product():

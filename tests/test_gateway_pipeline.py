@@ -51,7 +51,7 @@ class FakeText(text_pb2_grpc.TextEncoderServicer):
         return text_pb2.EncodeTextResponse(
             results=[text_pb2.TextEncoding(embedding=[1.0, 2.0], top_k=scores(2583), language="fr")
                      for _ in request.texts],
-            model=common_pb2.ModelVersion(name="text", version=3))
+            model=common_pb2.ModelVersion(name="text", version=3), review_threshold=0.9)
 
 
 class FakeImage(image_pb2_grpc.ImageEncoderServicer):
@@ -67,7 +67,7 @@ class FakeImage(image_pb2_grpc.ImageEncoderServicer):
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"images[{i}].data: 25000000 pixels, the limit is 40000000")
         return image_pb2.EncodeImageResponse(
             results=[image_pb2.ImageEncoding(embedding=[3.0], top_k=scores(2705)) for _ in request.images],
-            model=common_pb2.ModelVersion(name="image", version=2))
+            model=common_pb2.ModelVersion(name="image", version=2), review_threshold=0.5)
 
 
 class FakeFusion(fusion_pb2_grpc.FusionServicer):
@@ -78,7 +78,7 @@ class FakeFusion(fusion_pb2_grpc.FusionServicer):
         await self.behaviour.apply(context)
         return fusion_pb2.FuseResponse(
             results=[fusion_pb2.FusionOutput(top_k=scores(10)) for _ in request.inputs],
-            model=common_pb2.ModelVersion(name="fusion", version=1))
+            model=common_pb2.ModelVersion(name="fusion", version=1), review_threshold=0.7)
 
 
 class FakeBackend:
@@ -126,6 +126,7 @@ def system(port_factory, gateway_overrides):
         servers[name] = run(start_server(backend, settings, with_metrics=False))
     gateway_settings = GatewaySettings(
         host="127.0.0.1", port=port_factory(), shutdown_grace_seconds=0, n_classes=3, late_fusion_text_weight=0.6,
+        late_fusion_review_threshold=0.6,
         text_address=f"127.0.0.1:{servers['text'].port}", image_address=f"127.0.0.1:{servers['image'].port}",
         fusion_address=f"127.0.0.1:{servers['fusion'].port}", retry_backoff_ms=20,
         answer_reserve_ms=300,  # room to answer on a busy test machine
@@ -238,6 +239,22 @@ def test_answers_are_counted_by_class_modalities_confidence_and_review(system):
         served("gateway_top_probability_bucket", modalities="text+image", le="0.6")
     assert served("gateway_top_probability_count", modalities="text+image") == before["count"] + 2
     assert served("gateway_degraded_answers_total", reason="fusion_failed") == before["degraded"] + 1
+
+
+def test_needs_review_follows_the_threshold_of_the_model_that_produced_the_scores(system):
+    def flagged() -> float:
+        return sum(served("gateway_needs_review_answers_total", modalities=m) for m in ("text", "image", "text+image"))
+
+    before = flagged()
+    # Every top score is 0.8; thresholds: text 0.9, image 0.5, fusion 0.7, late fusion 0.6.
+    assert classify(system, designation="Piscine").needs_review
+    assert not classify(system, image=b"jpeg").needs_review
+    assert not classify(system, designation="Piscine", image=b"jpeg").needs_review
+    assert flagged() == before + 1
+    system.stop("fusion")
+    late = classify(system, designation="Piscine", image=b"jpeg")
+    assert late.degraded and late.top_k[0].score == pytest.approx(0.52) and late.needs_review
+    assert flagged() == before + 2
 
 
 def test_a_full_image_queue_degrades_to_text(system):

@@ -228,6 +228,7 @@ def test_gateway_serves_the_fusion_the_committed_bundle_was_measured_best_with(o
     env = env_of(overlay, "gateway")
     assert env["FUSION_MODE"] == recorded["fusion_mode"]
     assert float(env["LATE_FUSION_TEXT_WEIGHT"]) == pytest.approx(recorded["late_fusion_text_weight"])
+    assert float(env["LATE_FUSION_REVIEW_THRESHOLD"]) == pytest.approx(recorded["late_fusion_review_threshold"])
 
 
 # -- scaling and disruption ---------------------------------------------------------------------

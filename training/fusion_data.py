@@ -1,8 +1,9 @@
 """What the fusion head learns from and is judged on: the served text and image bundles' outputs.
 
 Both encoders are run exactly as the services run them (the text bundle through
-`text_service.model.TextModel` on `preprocess` output; the image head bundle on the frozen
-backbone's features of `prepare_path` images, with the bundle's test-time views), so the
+`text_service.model.TextModel` on `preprocess` output; the image bundle through
+`image_service.model.ImageModel`'s head on the frozen backbone's features of `prepare_path`
+images, with the bundle's test-time views), so the
 embeddings the fusion head is trained on are the ones it will be fed in production.
 
 `EncodedProducts` holds, per labelled product of one split, whichever of the two encodings it
@@ -19,6 +20,9 @@ import numpy as np
 import pandas as pd
 
 from common.model_bundle import BundleInfo, read_bundle
+from common.scores import Calibration
+from fusion_service.model import FusionModel
+from image_service.model import ImageModel
 from text_service.model import TextModel
 from text_service.preprocessing import PreprocessedText
 from training.data import PROJECT_ROOT, Category, fingerprint, load_categories
@@ -29,7 +33,6 @@ from training.image_model import (
     FeatureCache,
     combine_tta,
     image_products,
-    predict_bundle,
     tta_views,
 )
 from training.train_text import load_text_products
@@ -87,6 +90,14 @@ class FusionInputs:
     def codes(self) -> list[int]:
         return [c.code for c in self.categories]
 
+    @property
+    def text_calibration(self) -> Calibration:
+        return Calibration.of(self.text_bundle.metadata)
+
+    @property
+    def image_calibration(self) -> Calibration:
+        return Calibration.of(self.image_bundle.metadata)
+
 
 def _check_labels(bundle: BundleInfo, codes: list[int]) -> None:
     bundle_codes = [label.code for label in bundle.labels]
@@ -100,8 +111,18 @@ def encode_texts(model: TextModel, rows: pd.DataFrame) -> tuple[np.ndarray, np.n
                 for t, lang, c in zip(rows["text"], rows["language"], rows["cleaned"])]
     outputs = [p for start in range(0, len(prepared), _TEXT_BATCH)
                for p in model.predict(prepared[start:start + _TEXT_BATCH])]
+    if not outputs:
+        return (np.zeros((0, int(model.bundle.metadata["embedding_dim"])), np.float32),
+                np.zeros((0, len(model.labels)), np.float32))
     return (np.stack([o.embedding for o in outputs]).astype(np.float32),
             np.stack([o.probabilities for o in outputs]).astype(np.float32))
+
+
+def fused_probabilities(model: FusionModel, text: Encoded, image: Encoded) -> np.ndarray:
+    """The fusion service's raw probabilities for row-aligned text and image encodings."""
+    if not len(text.index):
+        return np.zeros((0, len(model.labels)), np.float32)
+    return np.stack(model.predict(list(zip(text.embeddings, image.embeddings))))
 
 
 def load_fusion_inputs(root: Path, models: Path, text_version: int | None = None,
@@ -123,7 +144,7 @@ def load_fusion_inputs(root: Path, models: Path, text_version: int | None = None
     cache = FeatureCache(fingerprint(root), dict(zip(images["index"], images["image_path"])), cache_dir)
     tta = image_bundle.metadata.get("test_time_augmentation", TTA_NONE)
     features = combine_tta([cache.features(view, images["index"]) for view in tta_views(tta)], tta)
-    image_outputs = predict_bundle(image_bundle.path, features)
+    image_outputs = ImageModel(image_bundle).predict_features(features)
 
     def split(frame: pd.DataFrame, embeddings: np.ndarray, probabilities: np.ndarray, name: str) -> Encoded:
         rows = np.flatnonzero(frame["split"].to_numpy() == name)

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from common.model_bundle import bundle_size_bytes
+from training.calibrate import calibrate_fusion
 from training.class_priors import class_priors
 from training.data import PROJECT_ROOT, data_dir, fingerprint
-from training.fusion_data import FusionInputs, load_fusion_inputs
+from training.fusion_data import Encoded, FusionInputs, load_fusion_inputs
 from training.fusion_model import (
     FusionConfig,
     choose_late_fusion_weight,
@@ -49,10 +50,16 @@ def compare_on_val_pairs(inputs: FusionInputs, fusion_probabilities: np.ndarray,
     predictions = {
         TEXT_ONLY: text.probabilities,
         IMAGE_ONLY: image.probabilities,
-        LATE: late_fusion(text.probabilities, image.probabilities, text_weight),
+        LATE: late_fused(inputs, text, image, text_weight),
         HEAD: fusion_probabilities,
     }
     return codes[text.labels], {name: codes[p.argmax(axis=1)] for name, p in predictions.items()}
+
+
+def late_fused(inputs: FusionInputs, text: Encoded, image: Encoded, text_weight: float) -> np.ndarray:
+    """Late fusion as the gateway computes it: of the calibrated scores the text and image services answer."""
+    return late_fusion(inputs.text_calibration.apply(text.probabilities),
+                       inputs.image_calibration.apply(image.probabilities), text_weight)
 
 
 def score_table(y_true: np.ndarray, predictions: dict[str, np.ndarray], codes: list[int]) -> dict[str, F1Scores]:
@@ -88,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     config = FusionConfig()
     model = product_of_experts_head(text_layer, image_layer, real_text.embeddings, real_image.embeddings,
                                     config, args.image_weight)
-    text_weight = choose_late_fusion_weight(real_text.probabilities, real_image.probabilities, real_text.labels)
+    text_weight = choose_late_fusion_weight(inputs.text_calibration.apply(real_text.probabilities),
+                                            inputs.image_calibration.apply(real_image.probabilities),
+                                            real_text.labels)
     seconds = time.perf_counter() - start
 
     val_text, val_image = inputs.val.pairs()
@@ -114,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "gateway_settings": {"fusion_mode": GATEWAY_MODE[served], "late_fusion_text_weight": text_weight},
     }
     bundle = export_fusion_bundle(model, args.models, inputs.categories, metadata)
+    calibrate_fusion(root, args.models, bundle.version)  # the same step as `make calibrate`
     size = bundle_size_bytes(bundle.path)
     print(f"late fusion text weight {text_weight:.2f} (chosen on the {len(real_text.index)} real train pairs); "
           f"the gateway serves: {served}")

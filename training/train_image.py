@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from common.model_bundle import bundle_size_bytes
+from training.calibrate import calibrate_image
 from training.class_priors import class_priors
 from training.data import PROJECT_ROOT, data_dir, fingerprint, load_categories
 from training.fitting import early_stopping_split
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         if not np.allclose(served[name], expected[name], atol=1e-4):
             raise SystemExit(f"{bundle.path}: the exported {name} differs from the trained head's")
 
+    calibrate_image(root, args.models, bundle.version, args.cache_dir)  # the same step as `make calibrate`
     size = bundle_size_bytes(bundle.path)
     print(f"bundle {bundle.path}  {size / 1e6:.2f} MB ({size} bytes)")
     print(f"trained in {training_seconds:.0f} s ({len(features)} feature rows, epochs {head.epochs}); "

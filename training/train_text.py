@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         hyperparameters=config_dict(config),
         class_priors=class_priors(splits.train["prdtypecode"], splits.codes),
     )
+    from training.calibrate import calibrate_text  # it reads texts with this module: import late
+
+    calibrate_text(root, args.models, bundle.version)  # the same step as `make calibrate`
     size = bundle_size_bytes(bundle.path)
     print(f"bundle {bundle.path}  {size / 1e6:.2f} MB ({size} bytes)")
     print(f"trained in {training_seconds:.0f} s, epochs {trained.member_epochs}, "

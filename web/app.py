@@ -59,7 +59,7 @@ async def example_image(request: web.Request) -> web.Response:
 def answer_json(answer: Answer, round_trip_seconds: float) -> dict:
     """The gateway's answer in plain JSON, plus the time the call took as seen from here."""
     return {"categories": [asdict(category) for category in answer.categories],
-            "modalities": answer.modalities, "degraded": answer.degraded,
+            "modalities": answer.modalities, "needs_review": answer.needs_review, "degraded": answer.degraded,
             "degraded_reason": answer.degraded_reason, "language": answer.language,
             "models": answer.models, "timings": answer.timings, "round_trip_seconds": round_trip_seconds}
 

@@ -94,6 +94,7 @@ function renderAnswer(answer) {
   $("models").textContent = Object.entries(answer.models).map(([n, v]) => `${n} v${v}`).join(", ") || "—";
   $("degraded-reason").textContent = answer.degraded_reason;
   show("degraded", answer.degraded);
+  show("needs-review", answer.needs_review);
   const rows = $("timings").tBodies[0];
   rows.replaceChildren();
   const stages = Object.entries(answer.timings);
