@@ -69,11 +69,13 @@ def read_bundle(models_root: str | os.PathLike, name: str, version: int | None =
 def write_bundle(
     models_root: str | os.PathLike,
     name: str,
-    export: Callable[[Path], None],
+    export: Callable[[Path], dict[str, Any] | None],
     metadata: dict[str, Any],
     version: int | None = None,
 ) -> BundleInfo:
     """Write a new version: `export(folder)` fills the folder, metadata.json is added, then renamed.
+
+    `export` may return metadata entries about the files it wrote; they are added to `metadata`.
 
     Without `version`, the next integer after the highest existing one is used.
     """
@@ -88,12 +90,13 @@ def write_bundle(
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
     staging.chmod(0o755)  # mkdtemp makes it private; a bundle is read by other users (containers)
     try:
-        export(staging)
+        written = export(staging) or {}
         full = {
             "name": name,
             "version": version,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **metadata,
+            **written,
         }
         (staging / METADATA_FILE).write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n",
                                              encoding="utf-8")

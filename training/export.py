@@ -9,7 +9,7 @@ it and how it scored on validation.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import tensorflow as tf
@@ -34,11 +34,14 @@ def export_bundle(
     metadata: dict[str, Any],
     input_descriptions: dict[str, str] | None = None,
     version: int | None = None,
+    after_save: Callable[[Path], dict[str, Any]] | None = None,
 ) -> BundleInfo:
     """Write `models_root/name/<version>/` for a model with dict outputs and the given named inputs.
 
     `labels` are (code, name) pairs or objects with `.code` and `.name`, in output order.
     `metadata` adds the model's own fields (training_data, metrics, hyperparameters, ...).
+    `after_save(folder)` runs once the SavedModel is in `folder`, to add files derived from it; it
+    returns their metadata entries.
     """
     names = [spec.name for spec in inputs]
     if not all(names) or len(set(names)) != len(names):
@@ -50,13 +53,14 @@ def export_bundle(
         outputs = serving_model(features, training=False)
         return {key: tf.cast(value, tf.float32) for key, value in outputs.items()}
 
-    def export(folder: Path) -> None:
+    def export(folder: Path) -> dict[str, Any] | None:
         # tf.saved_model.save of a plain tf.Module rather than keras.export.ExportArchive: in
         # Keras 3.15 the archive writes every variable twice, which doubles the bundle. The
         # signature is the same: the inputs by name (keyword arguments), a dict of float32 outputs.
         module = tf.Module()
         module.model = serving_model  # tracks the variables and any lookup tables (vocabularies)
         tf.saved_model.save(module, str(folder), signatures={SERVING_SIGNATURE: serve.get_concrete_function()})
+        return after_save(folder) if after_save is not None else None
 
     output_specs = serve.get_concrete_function().structured_outputs
     pairs = [(item.code, item.name) if hasattr(item, "code") else item for item in labels]
