@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 METADATA_FILE = "metadata.json"
+#: The SavedModel signature every bundle serves (and its ONNX twin computes).
+SERVING_SIGNATURE = "serving_default"
 
 
 @dataclass(frozen=True)

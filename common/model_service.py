@@ -1,5 +1,6 @@
 """The part every model service shares: a model repository, a dynamic batcher in front of it,
-TF Serving's PredictionService for the raw model, and the request-size checks.
+TF Serving's PredictionService for the raw model (TensorFlow loaded on its first call), and the
+request-size checks. The model runs on the runtime `--runtime` chose (`common.runtime`).
 
 A subclass adds its gRPC servicer and the domain steps around `predict`.
 """
@@ -10,14 +11,13 @@ import concurrent.futures
 from typing import Callable, Generic, Protocol, Sequence, TypeVar
 
 import grpc
-from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from common import tf_serving
+from common import tf_serving_handler
 from common.batching import DynamicBatcher
 from common.errors import InvalidInput, TooLarge
 from common.model_bundle import BundleInfo
 from common.model_repository import ModelRepository
-from common.saved_model import SignatureRunner
+from common.runtime import Runner
 from common.settings import ModelServiceSettings
 from rakuten.v1 import common_pb2
 
@@ -28,7 +28,7 @@ Out = TypeVar("Out")
 class BatchModel(Protocol[In, Out]):
     """A loaded, warmed-up model: one output per input, in order."""
 
-    runner: SignatureRunner
+    runner: Runner
 
     def predict(self, items: list[In]) -> Sequence[Out]: ...
 
@@ -55,11 +55,10 @@ class BatchedModelService(Generic[In, Out]):
 
     @property
     def service_names(self) -> tuple[str, ...]:
-        return (*self.domain_service_names, tf_serving.SERVICE_NAME)
+        return (*self.domain_service_names, tf_serving_handler.SERVICE_NAME)
 
     def register(self, server: grpc.aio.Server) -> None:
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            tf_serving.PredictionServicer(self.repository, self.settings.max_items_per_request), server)
+        tf_serving_handler.LazyPredictionService(self.repository, self.settings.max_items_per_request).register(server)
         if self.add_servicer is not None:
             type(self).add_servicer(self, server)
 

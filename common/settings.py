@@ -13,6 +13,7 @@ from typing import Literal, TypeVar
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.runtime import RuntimeChoice, RuntimeUnavailable, check_choice
 from common.tls import ServerTLS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,20 @@ class ModelServiceSettings(ServiceSettings):
     max_queue_size: int = Field(1024, ge=1, description="items waiting beyond which calls get RESOURCE_EXHAUSTED")
     max_items_per_request: int = Field(256, ge=1, description="most products/images/inputs in one call")
     default_top_k: int = Field(5, ge=1, description="top_k used when a request leaves it at 0")
+    runtime: RuntimeChoice = Field(
+        "auto", description="inference runtime: auto (ONNX Runtime when the bundle has model.onnx, "
+                            "on the GPU when it can; else TensorFlow), onnx or tensorflow")
+    intra_op_threads: int = Field(0, ge=0, description="threads inside one model op (0: the node's CPUs)")
+    inter_op_threads: int = Field(0, ge=0, description="model ops run side by side (0: 1)")
+
+    @model_validator(mode="after")
+    def _check_runtime(self):
+        """An explicit runtime that is not installed stops the service at start, saying so."""
+        try:
+            check_choice(self.runtime)
+        except RuntimeUnavailable as error:
+            raise ValueError(str(error)) from None
+        return self
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

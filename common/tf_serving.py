@@ -3,7 +3,10 @@
 TF Serving clients and tools can call any model service as if it were TF Serving: the request
 names the model (the bundle name), optionally a version, and the `serving_default` signature's
 inputs as TensorProtos. Calls go straight to the loaded SavedModel, outside the service's own
-pre- and post-processing.
+pre- and post-processing, on whichever runtime the service chose (TensorFlow or ONNX Runtime).
+
+This module imports TensorFlow (TF Serving's protos are built on TensorFlow's): a service
+registers it through `common.tf_serving_handler`, which imports it on the first call only.
 """
 
 from __future__ import annotations
@@ -13,17 +16,17 @@ from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from common.errors import InvalidInput, NotFound, TooLarge
 from common.model_repository import ModelRepository
-from common.saved_model import SERVING_SIGNATURE, SignatureRunner
-
-SERVICE_NAME = "tensorflow.serving.PredictionService"
+from common.runtime import Runner
+from common.tf_serving_handler import PREDICT_METHOD, SERVING_SIGNATURE
 
 
 class RunsSavedModel(Protocol):
-    runner: SignatureRunner
+    runner: Runner
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -33,7 +36,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._repository = repository
         self._max_batch = max_batch
 
-    def _resolve(self, model_spec) -> tuple[int, SignatureRunner]:
+    def _resolve(self, model_spec) -> tuple[int, Runner]:
         bundle, model = self._repository.current()
         if model_spec.name != bundle.name:
             raise NotFound(f"model_spec.name: this server serves {bundle.name!r}, not {model_spec.name!r}")
@@ -52,7 +55,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         spec.version.value = version
         spec.signature_name = SERVING_SIGNATURE
 
-    def _inputs(self, request: predict_pb2.PredictRequest, runner: SignatureRunner) -> dict[str, np.ndarray]:
+    def _inputs(self, request: predict_pb2.PredictRequest, runner: Runner) -> dict[str, np.ndarray]:
         expected = set(runner.input_specs)
         if set(request.inputs) != expected:
             raise InvalidInput(f"inputs: expected exactly {sorted(expected)}, got {sorted(request.inputs)}")
@@ -63,14 +66,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 dtype = tf.dtypes.as_dtype(proto.dtype)
             except TypeError:
                 raise InvalidInput(f"inputs[{name!r}]: unknown dtype enum {proto.dtype}") from None
-            if dtype != spec.dtype:
-                raise InvalidInput(f"inputs[{name!r}]: dtype must be {spec.dtype.name}, got {dtype.name}")
+            if dtype.name != spec.dtype:
+                raise InvalidInput(f"inputs[{name!r}]: dtype must be {spec.dtype}, got {dtype.name}")
             # The declared shape is checked before decoding: a few bytes (one value, repeated) can
             # declare billions of elements, which make_ndarray would allocate.
             shape = [dim.size for dim in proto.tensor_shape.dim]
             if proto.tensor_shape.unknown_rank or any(size < 0 for size in shape) \
                     or not spec.shape.is_compatible_with(shape):
-                raise InvalidInput(f"inputs[{name!r}]: shape must match {spec.shape}, got {shape}")
+                raise InvalidInput(f"inputs[{name!r}]: shape must match {list(spec.shape)}, got {shape}")
             if shape and shape[0] > self._max_batch:
                 raise TooLarge(f"inputs[{name!r}]: batch of {shape[0]}, the limit is {self._max_batch}")
             if shape and shape[0] == 0:
@@ -108,6 +111,17 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         self._fill_spec(response.model_spec, version)
         signatures = get_model_metadata_pb2.SignatureDefMap()
-        signatures.signature_def[SERVING_SIGNATURE].CopyFrom(runner.signature_def())
+        signatures.signature_def[SERVING_SIGNATURE].CopyFrom(signature_def(runner))
         response.metadata["signature_def"].Pack(signatures)
         return response
+
+
+def signature_def(runner: Runner) -> meta_graph_pb2.SignatureDef:
+    """The SignatureDef TF Serving would report for the runner's signature."""
+    signature = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
+    for target, specs in ((signature.inputs, runner.input_specs), (signature.outputs, runner.output_specs)):
+        for name, spec in specs.items():
+            target[name].name = f"{name}:0"
+            target[name].dtype = tf.dtypes.as_dtype(spec.dtype).as_datatype_enum
+            target[name].tensor_shape.CopyFrom(tf.TensorShape(list(spec.shape)).as_proto())
+    return signature

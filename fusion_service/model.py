@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.model_bundle import BundleInfo
-from common.saved_model import load_saved_model
+from common.runtime import RuntimeConfig
 
 TEXT_INPUT = "text_embedding"
 IMAGE_INPUT = "image_embedding"
@@ -14,10 +14,10 @@ IMAGE_INPUT = "image_embedding"
 class FusionModel:
     """A loaded fusion bundle; knows the embedding sizes it expects, warmed up at load."""
 
-    def __init__(self, bundle: BundleInfo):
+    def __init__(self, bundle: BundleInfo, runtime: RuntimeConfig = RuntimeConfig()):
         self.bundle = bundle
         self.labels = bundle.labels
-        self.runner = load_saved_model(bundle.path)
+        self.runner = runtime.load_bundle(bundle)
         self.text_dim = int(self.runner.input_specs[TEXT_INPUT].shape[-1])
         self.image_dim = int(self.runner.input_specs[IMAGE_INPUT].shape[-1])
         self.predict([(np.zeros(self.text_dim, np.float32), np.zeros(self.image_dim, np.float32))])

@@ -7,6 +7,7 @@ from pydantic import Field
 
 from common.errors import InvalidInput
 from common.model_service import BatchedModelService, served_version
+from common.runtime import RuntimeConfig
 from common.scores import resolve_top_k, top_k_scores
 from common.settings import ModelServiceSettings
 from common.timing import StageTimer
@@ -37,7 +38,8 @@ class FusionService(BatchedModelService[tuple[np.ndarray, np.ndarray], np.ndarra
     add_servicer = staticmethod(fusion_pb2_grpc.add_FusionServicer_to_server)
 
     def __init__(self, settings: FusionServiceSettings):
-        super().__init__(settings, FusionModel)
+        runtime = RuntimeConfig.from_settings(settings)
+        super().__init__(settings, lambda bundle: FusionModel(bundle, runtime))
 
     async def Fuse(self, request: fusion_pb2.FuseRequest, context) -> fusion_pb2.FuseResponse:
         timer = StageTimer()
