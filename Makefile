@@ -170,3 +170,12 @@ soak: $(GENERATED) ## 10 min at 70% of the measured capacity: errors, p99 drift,
 
 faults: $(GENERATED) ## under load: a backend killed, the gateway restarted, a slow backend, a new model version
 	$(PY) -m pytest -q tests/test_faults.py
+
+# ---------------------------------------------------------------------------------------------
+# The text model's NumPy runtime (text_service/numpy_model.py)
+
+text-runtime-files: $(GENERATED) ## add the NumPy runtime's files to the committed text bundle (MODELS/text/1), no retraining
+	$(PY) -m training.text_runtime_files $(MODELS)/text/1
+
+bench-text: $(GENERATED) ## text model per call at batch 1, 8, 32: TensorFlow SavedModel vs NumPy runtime, interleaved
+	$(PY) -m bench.text_model --data $(RAKUTEN_DATA) --models $(MODELS)

@@ -30,6 +30,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from common.runtime import TensorSpec, check_inputs
+
+NUMPY = "numpy"
 #: metadata.json section that says the bundle carries this runtime's files.
 METADATA_KEY = "numpy_runtime"
 VECTORIZER_FILE = "text_vectorizer.json"
@@ -159,6 +162,8 @@ class NumpyTextModel:
     char_ngrams: tuple[int, ...]
     tensors: dict[str, np.ndarray]  # TENSORS by name, float32
 
+    runtime = NUMPY
+
     def __post_init__(self):
         self._word_index = {token: index for index, token in enumerate(self.word_vocabulary) if index}
         self._chars = CharNgramIndex(self.char_vocabulary[1:], self.char_ngrams)
@@ -171,6 +176,10 @@ class NumpyTextModel:
         if len(self._word_idf) != len(self.word_vocabulary) or len(self._char_idf) != len(self.char_vocabulary) \
                 or len(self._kernel) != len(self.word_vocabulary) + len(self.char_vocabulary):
             raise ValueError("vocabularies, idf vectors and embedding kernel do not agree in size")
+        self.input_specs = {name: TensorSpec(name, "string", (None,)) for name in INPUT_NAMES}
+        self.output_specs = {"embedding": TensorSpec("embedding", "float32", (None, self.embedding_dim)),
+                             "probabilities": TensorSpec("probabilities", "float32",
+                                                         (None, int(self._out_kernel.shape[1])))}
 
     @property
     def embedding_dim(self) -> int:
@@ -195,7 +204,10 @@ class NumpyTextModel:
                 (char_rows, char_columns + self._char_offset,
                  _sublinear_l2(char_rows, char_counts, self._char_idf[char_columns], len(text)))]
 
-    def __call__(self, text: Sequence[str], cleaned: Sequence[str]) -> dict[str, np.ndarray]:
+    def __call__(self, **inputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """`serving_default`'s outputs for `text=` and `cleaned=` (sequences of str, or bytes)."""
+        check_inputs(self.input_specs, inputs)
+        text, cleaned = inputs["text"], inputs["cleaned"]
         text, cleaned = [_as_str(value) for value in text], [_as_str(value) for value in cleaned]
         if len(text) != len(cleaned):
             raise ValueError(f"inputs of different lengths: text {len(text)}, cleaned {len(cleaned)}")
@@ -243,7 +255,3 @@ def _as_str(value: str | bytes) -> str:
     does); the service sends str."""
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
-
-def has_numpy_runtime(metadata: dict[str, Any]) -> bool:
-    """Whether a bundle's metadata says it carries this runtime's files."""
-    return METADATA_KEY in metadata
