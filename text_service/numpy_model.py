@@ -137,7 +137,7 @@ class CharNgramIndex:
 def count_pairs(rows: np.ndarray, columns: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The distinct (row, column) pairs, sorted, and how often each occurs (columns < `width`)."""
     combined = np.sort(rows * width + columns, kind="stable")  # stable: a radix/tim sort, faster here
-    first = np.flatnonzero(np.concatenate(([True], combined[1:] != combined[:-1])))
+    first = np.flatnonzero(np.concatenate(([len(combined) > 0], combined[1:] != combined[:-1])))
     rows, columns = np.divmod(combined[first], width)
     return rows, columns, np.diff(np.append(first, len(combined)))
 
