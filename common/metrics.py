@@ -35,6 +35,9 @@ INFERENCE_LATENCY = Histogram(
 QUEUE_DEPTH = Gauge("model_queue_items", "Items waiting in the batcher.", ["model"])
 MODEL_VERSION = Gauge(
     "model_version_info", "1 for the model version being served.", ["model", "version"])
+MODEL_RUNTIME = Gauge(
+    "model_runtime_info", "1 for the inference runtime and device running the served model (--runtime).",
+    ["model", "runtime", "device"])
 MODEL_LOADS = Counter(
     "model_loads_total", "Model version loads, by outcome (success, failure).", ["model", "outcome"])
 

@@ -71,13 +71,11 @@ def read_bundle(models_root: str | os.PathLike, name: str, version: int | None =
 def write_bundle(
     models_root: str | os.PathLike,
     name: str,
-    export: Callable[[Path], dict[str, Any] | None],
+    export: Callable[[Path], None],
     metadata: dict[str, Any],
     version: int | None = None,
 ) -> BundleInfo:
     """Write a new version: `export(folder)` fills the folder, metadata.json is added, then renamed.
-
-    `export` may return metadata entries about the files it wrote; they are added to `metadata`.
 
     Without `version`, the next integer after the highest existing one is used.
     """
@@ -92,13 +90,12 @@ def write_bundle(
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
     staging.chmod(0o755)  # mkdtemp makes it private; a bundle is read by other users (containers)
     try:
-        written = export(staging) or {}
+        export(staging)
         full = {
             "name": name,
             "version": version,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **metadata,
-            **written,
         }
         (staging / METADATA_FILE).write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n",
                                              encoding="utf-8")

@@ -71,8 +71,13 @@ class ModelRepository(Generic[Model]):
         metrics.MODEL_VERSION.labels(self.name, str(bundle.version)).set(1)
         if previous is not None:
             metrics.MODEL_VERSION.remove(self.name, str(previous[0].version))
+        runtime = _runtime_labels(model)
+        if runtime is not None:
+            metrics.MODEL_RUNTIME.clear()  # one model per service: only the serving one's runtime
+            metrics.MODEL_RUNTIME.labels(self.name, *runtime).set(1)
         log.info("model version serving", extra={"model": self.name, "version": bundle.version,
-                                                 "path": str(bundle.path)})
+                                                 "path": str(bundle.path),
+                                                 "runtime": "/".join(runtime) if runtime else None})
         return True
 
     def start_watching(self) -> None:
@@ -96,3 +101,11 @@ class ModelRepository(Generic[Model]):
                 await self.load_latest()
             except Exception:  # keep watching: the next poll may find a good version
                 log.exception("model poll failed", extra={"model": self.name})
+
+
+def _runtime_labels(model: object) -> tuple[str, str] | None:
+    """(runtime, device) of a model that runs through a runner (`common.runtime`)."""
+    runner = getattr(model, "runner", None)
+    if runner is None or not hasattr(runner, "runtime"):
+        return None
+    return runner.runtime, getattr(runner, "device", "cpu")

@@ -40,6 +40,10 @@ ONNX = "onnx"
 TENSORFLOW = "tensorflow"
 #: The bundle's network in ONNX, next to its SavedModel.
 ONNX_FILE = "model.onnx"
+#: Opset and IR version of every ONNX graph here (bundles' and the image backbone's, which are
+#: merged into one); onnx writes its newest IR by default, which onnxruntime may not read yet.
+ONNX_OPSET = 17
+ONNX_IR_VERSION = 8
 #: Python module that must import for each runtime.
 _MODULES = {ONNX: "onnxruntime", TENSORFLOW: "tensorflow"}
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -213,6 +217,10 @@ class OnnxRunner:
         options.execution_mode = (onnxruntime.ExecutionMode.ORT_SEQUENTIAL if inter_op_threads <= 1
                                   else onnxruntime.ExecutionMode.ORT_PARALLEL)
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle pool threads sleep instead of spinning: the service's own decode threads and event
+        # loop share these CPUs, and spinning took CPU from them (more images per CPU-second without).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         source = model if isinstance(model, bytes) else str(model)
         self.session = onnxruntime.InferenceSession(source, options,
                                                     providers=list(providers or onnx_providers()))
@@ -223,7 +231,7 @@ class OnnxRunner:
 
     @property
     def device(self) -> str:
-        return "cuda" if self.providers and self.providers[0] == CUDA_PROVIDER else "cpu"
+        return "gpu" if self.providers and self.providers[0] == CUDA_PROVIDER else "cpu"
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         check_inputs(self.input_specs, inputs)

@@ -36,6 +36,11 @@ class SignatureRunner:
         self.input_specs = {name: _neutral(name, spec) for name, spec in self._tf_inputs.items()}
         self.output_specs = {name: _neutral(name, spec) for name, spec in function.structured_outputs.items()}
 
+    @property
+    def device(self) -> str:
+        """Where TF places the ops: the GPU when it sees one."""
+        return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         check_inputs(self.input_specs, inputs)
         tensors = {name: tf.convert_to_tensor(value, dtype=self._tf_inputs[name].dtype)

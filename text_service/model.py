@@ -16,7 +16,7 @@ import numpy as np
 
 from common.model_bundle import BundleInfo
 from common.runtime import ONNX, TENSORFLOW, Runner, RuntimeConfig, RuntimeUnavailable
-from text_service.numpy_model import METADATA_KEY, NUMPY, VECTORIZER_FILE, NumpyTextModel
+from text_service.numpy_model import NUMPY, VECTORIZER_FILE, NumpyTextModel, numpy_record
 from text_service.preprocessing import UNKNOWN_LANGUAGE, PreprocessedText
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class TextPrediction:
 
 def text_runtime(bundle: BundleInfo, runtime: RuntimeConfig) -> str:
     """NUMPY or TENSORFLOW for this bundle under the `--runtime` setting."""
-    has_files = METADATA_KEY in bundle.metadata
+    has_files = numpy_record(bundle.metadata) is not None
     if runtime.choice == TENSORFLOW:
         return TENSORFLOW
     if has_files:
@@ -54,7 +54,7 @@ def text_runtime(bundle: BundleInfo, runtime: RuntimeConfig) -> str:
 def load_text_runner(bundle: BundleInfo, runtime: RuntimeConfig) -> Runner:
     """The bundle's `serving_default` on the runtime `text_runtime` picks."""
     if text_runtime(bundle, runtime) == NUMPY:
-        return NumpyTextModel.load(bundle.path, bundle.metadata[METADATA_KEY])
+        return NumpyTextModel.load(bundle.path, numpy_record(bundle.metadata))
     return RuntimeConfig(TENSORFLOW, runtime.intra_op_threads, runtime.inter_op_threads).load_bundle(bundle)
 
 

@@ -16,8 +16,8 @@ ngrams joined by a space), `CharNgramsWithinWords` (UTF-8 code points), `Subline
 terms are counted, weighed and normalised in column 0 as TensorFlow does.
 
 The bundle carries the vocabularies in `text_vectorizer.json`; the idf vectors and Dense weights
-are read from the SavedModel's own variables file at the offsets metadata.json records (checked
-equal at export), so the bundle does not hold its biggest tensor twice.
+are read from the SavedModel's own variables file at the offsets metadata.json records in
+`runtimes.numpy` (checked equal at export), so the bundle does not hold its biggest tensor twice.
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ import numpy as np
 
 from common.runtime import TensorSpec, check_inputs
 
+#: This runtime's name, and its record's key in metadata.json's `runtimes`.
 NUMPY = "numpy"
-#: metadata.json section that says the bundle carries this runtime's files.
-METADATA_KEY = "numpy_runtime"
 VECTORIZER_FILE = "text_vectorizer.json"
 INPUT_NAMES = ("text", "cleaned")
 OUTPUT_NAMES = ("embedding", "probabilities")
@@ -232,7 +231,7 @@ class NumpyTextModel:
 
     @classmethod
     def load(cls, folder: str | Path, section: dict[str, Any]) -> "NumpyTextModel":
-        """The runtime of a bundle folder, from its files and metadata.json's `numpy_runtime`."""
+        """The runtime of a bundle folder, from its files and its metadata.json `runtimes.numpy` record."""
         folder = Path(folder)
         spec = json.loads((folder / section["vectorizer"]).read_text(encoding="utf-8"))
         weights = section["weights"]
@@ -255,3 +254,7 @@ def _as_str(value: str | bytes) -> str:
     does); the service sends str."""
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
+
+def numpy_record(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """A bundle's `runtimes.numpy` record, or None when it does not carry this runtime's files."""
+    return (metadata.get("runtimes") or {}).get(NUMPY)

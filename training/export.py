@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from common.model_bundle import BundleInfo, write_bundle
 from common.saved_model import SERVING_SIGNATURE
+from training.export_onnx import runtimes_record, write_onnx
 
 
 def _spec_dict(spec: tf.TensorSpec, description: str = "") -> dict[str, Any]:
@@ -34,14 +35,17 @@ def export_bundle(
     metadata: dict[str, Any],
     input_descriptions: dict[str, str] | None = None,
     version: int | None = None,
-    after_save: Callable[[Path], dict[str, Any]] | None = None,
+    with_onnx: bool = False,
+    write_runtimes: Callable[[Path], dict[str, Any]] | None = None,
 ) -> BundleInfo:
     """Write `models_root/name/<version>/` for a model with dict outputs and the given named inputs.
 
     `labels` are (code, name) pairs or objects with `.code` and `.name`, in output order.
     `metadata` adds the model's own fields (training_data, metrics, hyperparameters, ...).
-    `after_save(folder)` runs once the SavedModel is in `folder`, to add files derived from it; it
-    returns their metadata entries.
+    `with_onnx`: also write `model.onnx` (`training.export_onnx`, checked against the SavedModel) for
+    ONNX Runtime, for float inputs; metadata.json's `runtimes` says which files the bundle has.
+    `write_runtimes(folder)`: writes another runtime's files, derived from the SavedModel once it is
+    in `folder`, and returns their `runtimes` records (the text model's NumPy runtime).
     """
     names = [spec.name for spec in inputs]
     if not all(names) or len(set(names)) != len(names):
@@ -53,14 +57,18 @@ def export_bundle(
         outputs = serving_model(features, training=False)
         return {key: tf.cast(value, tf.float32) for key, value in outputs.items()}
 
-    def export(folder: Path) -> dict[str, Any] | None:
+    def export(folder: Path) -> None:
         # tf.saved_model.save of a plain tf.Module rather than keras.export.ExportArchive: in
         # Keras 3.15 the archive writes every variable twice, which doubles the bundle. The
         # signature is the same: the inputs by name (keyword arguments), a dict of float32 outputs.
         module = tf.Module()
         module.model = serving_model  # tracks the variables and any lookup tables (vocabularies)
         tf.saved_model.save(module, str(folder), signatures={SERVING_SIGNATURE: serve.get_concrete_function()})
-        return after_save(folder) if after_save is not None else None
+        # write_bundle adds metadata.json after this returns, so the record lands in it.
+        runtimes = write_onnx(folder) if with_onnx else runtimes_record()
+        if write_runtimes is not None:
+            runtimes.update(write_runtimes(folder))
+        full["runtimes"] = runtimes
 
     output_specs = serve.get_concrete_function().structured_outputs
     pairs = [(item.code, item.name) if hasattr(item, "code") else item for item in labels]

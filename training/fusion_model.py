@@ -169,4 +169,5 @@ def export_fusion_bundle(model: keras.Model, models_root: str | Path, labels: Se
               tf.TensorSpec([None, image_dim], tf.float32, name=IMAGE_INPUT)]
     descriptions = {TEXT_INPUT: "penultimate layer of the text model",
                     IMAGE_INPUT: "penultimate layer of the image model"}
-    return export_bundle(model, models_root, MODEL_NAME, inputs, labels, metadata, descriptions, version)
+    return export_bundle(model, models_root, MODEL_NAME, inputs, labels, metadata, descriptions, version,
+                         with_onnx=True)

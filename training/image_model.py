@@ -50,6 +50,7 @@ from image_service import preprocessing
 from image_service.backbone import FEATURE_DIM, build_backbone
 from image_service.preprocessing import INPUT_SIZE, KEEP, MEAN, STD, normalize, prepare_path
 from training.data import load_products
+from training.export_onnx import ONNX_NOTES, write_onnx
 from training.fitting import FitConfig, dataset, fit_classifier
 
 MODEL_NAME = "image"
@@ -583,6 +584,9 @@ def export_image_bundle(models_root: str | Path, head: TrainedHead, labels: Sequ
     metadata.json in the form every bundle of the project has. `labels`: (code, name) pairs or
     objects with `.code` and `.name`, in output order.
 
+    The head is also written as `model.onnx` for ONNX Runtime (`training.export_onnx`: checked
+    against the SavedModel within 1e-4), recorded in metadata.json's `runtimes`.
+
     Saved with `tf.saved_model.save`, as the text model is: in Keras 3.15 `ExportArchive` (and so
     `training.export.export_bundle`) writes every variable twice, which doubles the bundle.
     """
@@ -602,6 +606,8 @@ def export_image_bundle(models_root: str | Path, head: TrainedHead, labels: Sequ
         module = tf.Module()
         module.model = model  # tracks the variables
         tf.saved_model.save(module, str(folder), signatures={SERVING_SIGNATURE: serve})
+        # The head in ONNX too, checked against the SavedModel (write_bundle adds metadata after this).
+        metadata["runtimes"] = write_onnx(folder, note=ONNX_NOTES[MODEL_NAME])
 
     metadata = {
         "labels": [{"code": int(code), "name": str(name)} for code, name in pairs],

@@ -392,7 +392,7 @@ def export_text_bundle(
     metadata = {"training_data": training_data, "metrics": metrics, "hyperparameters": hyperparameters}
     word_ngrams, char_ngrams = _vectorizer_ngrams(model)
     return export_bundle(serving_model, models_root, name, inputs, labels, metadata, descriptions, version,
-                         after_save=lambda folder: write_numpy_runtime(folder, word_ngrams, char_ngrams))
+                         write_runtimes=lambda folder: write_numpy_runtime(folder, word_ngrams, char_ngrams))
 
 
 def _vectorizer_ngrams(model: keras.Model) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -23,7 +23,8 @@ import tensorflow as tf
 from common.model_bundle import METADATA_FILE
 from common.saved_model import SERVING_SIGNATURE
 from text_service import numpy_model
-from text_service.numpy_model import METADATA_KEY, VECTORIZER_FILE, NumpyTextModel
+from text_service.numpy_model import NUMPY, VECTORIZER_FILE, NumpyTextModel
+from training.export_onnx import runtimes_record
 
 TOLERANCE = 1e-4
 OOV_TOKEN = "[UNK]"
@@ -79,7 +80,7 @@ def _offsets(data_file: Path, tensors: dict[str, np.ndarray]) -> dict[str, dict[
 
 def write_numpy_runtime(folder: str | Path, word_ngrams: Sequence[int],
                         char_ngrams: Sequence[int]) -> dict[str, Any]:
-    """Write the runtime's files into the bundle folder; return metadata.json's `numpy_runtime` entry.
+    """Write the runtime's files into the bundle folder; return its `runtimes` record for metadata.json.
 
     `word_ngrams`: the word TextVectorization's n-gram widths (1, 2); `char_ngrams`: those of its
     `CharNgramsWithinWords` split (2, 3, 4, 5).
@@ -96,14 +97,16 @@ def write_numpy_runtime(folder: str | Path, word_ngrams: Sequence[int],
         raise ValueError(f"{folder}: expected one variables shard, found {len(shards)}")
     runtime = NumpyTextModel(word_vocabulary, tuple(word_ngrams), char_vocabulary, tuple(char_ngrams), tensors)
     runtime.save_vectorizer(folder)
+    weights_file = str(shards[0].relative_to(folder))
     section = {
+        "files": [VECTORIZER_FILE, weights_file],
         "description": "text_service.numpy_model: the SavedModel's computation in NumPy",
         "vectorizer": VECTORIZER_FILE,
-        "weights": {"file": str(shards[0].relative_to(folder)), "tensors": _offsets(shards[0], tensors)},
+        "weights": {"file": weights_file, "tensors": _offsets(shards[0], tensors)},
     }
     loaded = NumpyTextModel.load(folder, section)
     section["max_abs_difference"] = _check(loaded, module.signatures[SERVING_SIGNATURE])
-    return {METADATA_KEY: section}
+    return {NUMPY: section}
 
 
 def _check(runtime: NumpyTextModel, signature) -> float:
@@ -129,9 +132,10 @@ def add_to_bundle(folder: str | Path) -> dict[str, Any]:
         raise ValueError(f"{folder}: metadata.json hyperparameters give no word_ngrams / char_ngrams")
     word = hyper["word_ngrams"]
     word_ngrams = tuple(range(1, word + 1)) if isinstance(word, int) else tuple(word)
-    metadata.update(write_numpy_runtime(folder, word_ngrams, hyper["char_ngrams"]))
+    runtimes = metadata.setdefault("runtimes", runtimes_record())
+    runtimes.update(write_numpy_runtime(folder, word_ngrams, hyper["char_ngrams"]))
     (folder / METADATA_FILE).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return metadata[METADATA_KEY]
+    return runtimes[NUMPY]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
