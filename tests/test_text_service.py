@@ -5,6 +5,7 @@ each on the text model's fast runtime (`--runtime onnx`: NumPy) and on TensorFlo
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -70,7 +71,10 @@ def test_health_and_reflection(service):
 
 def test_the_model_runs_on_the_runtime_asked_for(service, runtime):
     expected = "numpy" if runtime == "onnx" else "tensorflow"  # the text model's fast runtime is NumPy
-    assert f"text model version 1 runs on {expected}" in service.log()
+    assert f'model_runtime_info{{device="cpu",model="text",runtime="{expected}"}} 1.0' in service.metrics()
+    encode(service, [("Carte Pokémon rare", "holographique")])
+    # on NumPy, TensorFlow is loaded only when a TF Serving client calls (test_tf_serving_predict...)
+    assert ("libtensorflow" in Path(f"/proc/{service.process.pid}/maps").read_text()) == (runtime == "tensorflow")
 
 
 def test_encode_runs_the_pipeline_and_the_model(service):
@@ -103,7 +107,7 @@ def test_tf_serving_predict_and_metadata(service):
     prepared = preprocess("Bâche pour piscine", "")
     request.inputs["text"].CopyFrom(tf.make_tensor_proto([prepared.text]))
     request.inputs["cleaned"].CopyFrom(tf.make_tensor_proto([prepared.cleaned]))
-    response = stub.Predict(request, timeout=10)
+    response = stub.Predict(request, timeout=60)  # on NumPy, the first TF Serving call loads TensorFlow
     probabilities = tf.make_ndarray(response.outputs["probabilities"])
     assert probabilities.shape == (1, len(LABELS)) and int(probabilities.argmax()) == 1
     assert tf.make_ndarray(response.outputs["embedding"]).shape == (1, EMBEDDING_DIM)

@@ -9,7 +9,6 @@ fast runtime) insists on it, `tensorflow` runs the SavedModel.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +17,6 @@ from common.model_bundle import BundleInfo
 from common.runtime import ONNX, TENSORFLOW, Runner, RuntimeConfig, RuntimeUnavailable
 from text_service.numpy_model import NUMPY, VECTORIZER_FILE, NumpyTextModel, numpy_record
 from text_service.preprocessing import UNKNOWN_LANGUAGE, PreprocessedText
-
-log = logging.getLogger(__name__)
 
 # A warm-up batch: the first call builds TF's graphs, so it must not be a client's.
 # (preprocess("Une table très jolie!", "+Dimensions : 60 x 33 cm"), a one-word text, an empty one)
@@ -65,8 +62,6 @@ class TextModel:
         self.bundle = bundle
         self.labels = bundle.labels
         self.runner = load_text_runner(bundle, runtime)
-        log.info("text model version %d runs on %s", bundle.version, self.runner.runtime,
-                 extra={"model": bundle.name, "version": bundle.version, "runtime": self.runner.runtime})
         self.predict(_WARMUP)
 
     def predict(self, items: list[PreprocessedText]) -> list[TextPrediction]:
