@@ -32,8 +32,8 @@ from training.data import PROJECT_ROOT, data_dir
 RESULTS = PROJECT_ROOT / "bench" / "results"
 
 
-def per_call_ms(model: TextModel, items: list[PreprocessedText], size: int, seconds: float, offset: int) -> float:
-    """Median ms of `model.predict` on batches of `size` consecutive items, for about `seconds`."""
+def call_times(model: TextModel, items: list[PreprocessedText], size: int, seconds: float, offset: int) -> list[float]:
+    """Seconds of each `model.predict` call on batches of `size` consecutive items, for about `seconds`."""
     times = []
     started = time.perf_counter()
     while time.perf_counter() - started < seconds or len(times) < 3:
@@ -42,7 +42,7 @@ def per_call_ms(model: TextModel, items: list[PreprocessedText], size: int, seco
         t0 = time.perf_counter()
         model.predict(batch)
         times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    return times
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,25 +72,30 @@ def main(argv: list[str] | None = None) -> int:
           f"cleaned {np.mean([len(i.cleaned) for i in items]):.0f} chars on average), bundle {bundle.path}")
     print(f"max |NumPy - TensorFlow| over embedding and probabilities: {difference:.2g}; same top class: {agree:.1%}")
 
-    samples: dict[str, dict[int, list[float]]] = {name: {size: [] for size in sizes} for name in models}
+    samples: dict[str, dict[int, list[list[float]]]] = {name: {size: [] for size in sizes} for name in models}
     offset = 0
     for _ in range(args.rounds):
         for size in sizes:
             for name, model in models.items():
-                samples[name][size].append(per_call_ms(model, items, size, args.seconds, offset))
+                samples[name][size].append(call_times(model, items, size, args.seconds, offset))
             offset += 97
-    print(f"\nmedian over {args.rounds} alternating rounds of {args.seconds:.0f} s slots (measured under load)")
-    print(f"{'batch':>5} {'TF ms/call':>11} {'NumPy ms/call':>14} {'TF products/s':>14} "
+    print(f"\n{args.rounds} alternating rounds of {args.seconds:.0f} s slots (measured under load); ms per call: "
+          f"mean (products/s follow from it) and p50; speed-up of the means; rounds' median")
+    print(f"{'batch':>5} {'TF mean':>8} {'TF p50':>7} {'NumPy mean':>11} {'NumPy p50':>10} {'TF products/s':>14} "
           f"{'NumPy products/s':>17} {'speed-up':>9}")
     table = []
     for size in sizes:
-        tf_ms, np_ms = (statistics.median(samples[name][size]) for name in (TENSORFLOW, NUMPY))
-        row = {"batch": size, "tensorflow_ms_per_call": round(tf_ms, 3), "numpy_ms_per_call": round(np_ms, 3),
-               "tensorflow_products_per_s": round(1000 * size / tf_ms, 1),
-               "numpy_products_per_s": round(1000 * size / np_ms, 1), "speed_up": round(tf_ms / np_ms, 2)}
+        stats = {name: (statistics.median(1000 * statistics.mean(times) for times in samples[name][size]),
+                        statistics.median(1000 * statistics.median(times) for times in samples[name][size]))
+                 for name in models}
+        (tf_mean, tf_p50), (np_mean, np_p50) = stats[TENSORFLOW], stats[NUMPY]
+        row = {"batch": size, "tensorflow_ms_per_call": round(tf_mean, 3), "tensorflow_p50_ms": round(tf_p50, 3),
+               "numpy_ms_per_call": round(np_mean, 3), "numpy_p50_ms": round(np_p50, 3),
+               "tensorflow_products_per_s": round(1000 * size / tf_mean, 1),
+               "numpy_products_per_s": round(1000 * size / np_mean, 1), "speed_up": round(tf_mean / np_mean, 2)}
         table.append(row)
-        print(f"{size:>5} {tf_ms:>11.2f} {np_ms:>14.3f} {row['tensorflow_products_per_s']:>14.1f} "
-              f"{row['numpy_products_per_s']:>17.1f} {row['speed_up']:>8.1f}x")
+        print(f"{size:>5} {tf_mean:>8.2f} {tf_p50:>7.2f} {np_mean:>11.3f} {np_p50:>10.3f} "
+              f"{row['tensorflow_products_per_s']:>14.1f} {row['numpy_products_per_s']:>17.1f} {row['speed_up']:>8.1f}x")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "text_model.json").write_text(json.dumps({
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
