@@ -184,3 +184,20 @@ def test_text_service_on_numpy_never_imports_tensorflow(bundle, choice):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [NUMPY, "[]"], result.stdout
 
+
+
+def test_other_ngram_widths_match_too(tmp_path):
+    """Word 1-3-grams and character 3-grams only: the widths come from the model, not defaults."""
+    texts, labels = products(120, 4)
+    prepared = [preprocess(designation, description) for designation, description in texts]
+    config = TextModelConfig(word_vocabulary=200, word_ngrams=3, char_vocabulary=150, char_ngrams=(3,),
+                             embedding_dim=8, fit=FitConfig(max_epochs=2, learning_rate=1e-2))
+    model = train_text_model(prepared, labels, len(LABELS), config).model
+    other = export_text_bundle(model, tmp_path, [(label.code, label.name) for label in LABELS],
+                               training_data={}, metrics={}, hyperparameters={})
+    runtime = NumpyTextModel.load(other.path, numpy_record(other.metadata))
+    assert runtime.word_ngrams == (1, 2, 3) and runtime.char_ngrams == (3,)
+    signature = tf.saved_model.load(str(other.path)).signatures["serving_default"]
+    probe = sample_products(16, seed=9)
+    assert max_difference(signature, runtime, [p.text for p in probe], [p.cleaned for p in probe]) <= TOLERANCE
+    assert max_difference(signature, runtime, ODD_STRINGS, ODD_STRINGS) <= TOLERANCE

@@ -24,7 +24,6 @@ are read from the SavedModel's own variables file at the offsets metadata.json r
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,18 +42,27 @@ OUTPUT_NAMES = ("embedding", "probabilities")
 TENSORS = ("word_idf", "char_idf", "embedding_kernel", "embedding_bias",
            "probabilities_kernel", "probabilities_bias")
 
-_WHITESPACE = re.compile(r"[ \t\n\v\f\r]+")  # tf.strings.split's separators (absl::ascii_isspace)
 _KEY_LIMIT = 2 ** 63
+_WHITESPACE_POINTS = (9, 10, 11, 12, 13, 32)  # " \t\n\v\f\r": absl::ascii_isspace, as bytes.split()
+_DIRECT_POINTS = 1 << 16  # code points looked up in a table; the others by binary search
 
 
-def words(text: str) -> list[str]:
-    """`tf.strings.split(text)`: runs of ASCII white space separate words (not U+00A0, U+2003...)."""
-    return [word for word in _WHITESPACE.split(text) if word]
+def words(text: bytes) -> list[bytes]:
+    """`tf.strings.split(text)` on UTF-8: runs of ASCII white space separate words (not U+00A0...)."""
+    return text.split()
 
 
-def word_ngrams(tokens: list[str], ngrams: Sequence[int]) -> list[str]:
+def word_ngrams(tokens: list[bytes], ngrams: Sequence[int]) -> list[bytes]:
     """`tf.strings.ngrams(tokens, ngrams, separator=" ")`: all n-grams of each width, in order."""
-    return [" ".join(tokens[i:i + n]) for n in ngrams for i in range(len(tokens) - n + 1)]
+    grams = []
+    for n in ngrams:
+        if n == 1:
+            grams.extend(tokens)
+        elif n == 2:  # the common case, without slicing
+            grams.extend([first + b" " + second for first, second in zip(tokens, tokens[1:])])
+        else:
+            grams.extend([b" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)])
+    return grams
 
 
 class CharNgramIndex:
@@ -81,6 +89,12 @@ class CharNgramIndex:
                              f"{max(self.ngrams)}-gram keys would not fit in 64 bits")
         self._rows_per_chunk = max(1, (_KEY_LIMIT - 1) // self.key_space)
         self._space = characters.index(" ") + 1
+        # id of each code point below _DIRECT_POINTS; white space is the word separator, a space
+        self._direct = np.full(_DIRECT_POINTS, self.other, dtype=np.int64)
+        for index, point in enumerate(self.alphabet.tolist()):
+            if point < _DIRECT_POINTS:
+                self._direct[point] = index + 1
+        self._direct[list(_WHITESPACE_POINTS)] = self._space
         ids = {ch: i + 1 for i, ch in enumerate(characters)}
         keys = []
         for token in vocabulary:
@@ -105,9 +119,12 @@ class CharNgramIndex:
         keep[1:] |= ~space[:-1]  # the first of each run of white space
         keep[0] = True
         points, space, row = points[keep], space[keep], row[keep]
-        position = np.searchsorted(self.alphabet, points)
-        known = self.alphabet[np.minimum(position, len(self.alphabet) - 1)] == points
-        ids = np.where(space, self._space, np.where(known, position + 1, self.other))
+        ids = self._direct[np.minimum(points, _DIRECT_POINTS - 1)]
+        beyond = points >= _DIRECT_POINTS - 1
+        if beyond.any():  # emoji and other astral characters (and U+FFFF)
+            position = np.searchsorted(self.alphabet, points[beyond])
+            known = self.alphabet[np.minimum(position, len(self.alphabet) - 1)] == points[beyond]
+            ids[beyond] = np.where(known, position + 1, self.other)
         spaces_before = np.concatenate([[0], np.cumsum(space)])
         rows, keys = [], []
         for n in self.ngrams:
@@ -183,7 +200,7 @@ class NumpyTextModel:
     runtime = NUMPY
 
     def __post_init__(self):
-        self._word_index = {token: index for index, token in enumerate(self.word_vocabulary) if index}
+        self._word_index = {token.encode("utf-8"): index for index, token in enumerate(self.word_vocabulary) if index}
         self._chars = CharNgramIndex(self.char_vocabulary[1:], self.char_ngrams)
         self._chars.indices += 1  # the vocabulary without its OOV entry starts at index 1
         t = self.tensors
@@ -203,37 +220,40 @@ class NumpyTextModel:
     def embedding_dim(self) -> int:
         return int(self._kernel.shape[1])
 
-    def _word_counts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _word_counts(self, texts: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row, vocabulary index, count) of the word n-grams of each text, sorted by row."""
         rows, columns = [], []
         for row, text in enumerate(texts):
-            found = [self._word_index.get(token, 0) for token in word_ngrams(words(text), self.word_ngrams)]
+            index = self._word_index
+            found = [index.get(token, 0) for token in word_ngrams(words(text), self.word_ngrams)]
             rows.extend([row] * len(found))
             columns.extend(found)
         return count_pairs(np.array(rows, dtype=np.int64), np.array(columns, dtype=np.int64),
                            len(self.word_vocabulary))
 
-    def features(self, text: Sequence[str], cleaned: Sequence[str]) -> list[tuple[np.ndarray, ...]]:
-        """The batch's TF-IDF features, sparse, one (row, column, value) triple per view, sorted by
-        row; columns index the concatenation [word vocabulary, character vocabulary]."""
+    def features(self, text: Sequence[bytes], cleaned: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The batch's TF-IDF features, sparse: (row, column, value) of the non-zero entries, sorted
+        by row; columns index the concatenation [word vocabulary, character vocabulary]."""
         word_rows, word_columns, word_counts = self._word_counts(text)
         char_rows, char_columns, char_counts = self._chars.counts(cleaned)
-        return [(word_rows, word_columns, _sublinear_l2(word_rows, word_counts, self._word_idf[word_columns], len(text))),
-                (char_rows, char_columns + self._char_offset,
-                 _sublinear_l2(char_rows, char_counts, self._char_idf[char_columns], len(text)))]
+        word_values = _sublinear_l2(word_rows, word_counts, self._word_idf[word_columns], len(text))
+        char_values = _sublinear_l2(char_rows, char_counts, self._char_idf[char_columns], len(text))
+        rows = np.concatenate([word_rows, char_rows])
+        order = np.argsort(rows, kind="stable")  # two sorted runs: merged
+        return (rows[order], np.concatenate([word_columns, char_columns + self._char_offset])[order],
+                np.concatenate([word_values, char_values])[order])
 
     def __call__(self, **inputs: Sequence[str]) -> dict[str, np.ndarray]:
         """`serving_default`'s outputs for `text=` and `cleaned=` (sequences of str, or bytes)."""
         check_inputs(self.input_specs, inputs)
         text, cleaned = inputs["text"], inputs["cleaned"]
-        text, cleaned = [_as_str(value) for value in text], [_as_str(value) for value in cleaned]
+        text, cleaned = [_as_bytes(value) for value in text], [_as_str(value) for value in cleaned]
         if len(text) != len(cleaned):
             raise ValueError(f"inputs of different lengths: text {len(text)}, cleaned {len(cleaned)}")
-        hidden = np.zeros((len(text), self.embedding_dim), dtype=np.float32)
-        for rows, columns, values in self.features(text, cleaned):
-            # the sparse rows times the kernel, each a weighted sum of the kernel rows of its columns
-            row_starts = np.searchsorted(rows, np.arange(len(text) + 1))
-            hidden += csr_array((values, columns, row_starts), shape=(len(text), len(self._kernel))) @ self._kernel
+        rows, columns, values = self.features(text, cleaned)
+        # the sparse rows times the kernel, each a weighted sum of the kernel rows of its columns
+        row_starts = np.searchsorted(rows, np.arange(len(text) + 1))
+        hidden = csr_array((values, columns, row_starts), shape=(len(text), len(self._kernel))) @ self._kernel
         embedding = np.maximum(hidden + self._bias, np.float32(0.0))
         logits = embedding @ self._out_kernel + self._out_bias
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -264,6 +284,11 @@ class NumpyTextModel:
                 tensors[name] = array.astype(np.float32, copy=False).reshape(entry["shape"])
         return cls(spec["word"]["vocabulary"], tuple(spec["word"]["ngrams"]),
                    spec["char"]["vocabulary"], tuple(spec["char"]["ngrams"]), tensors)
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    """The word view is split as TensorFlow does, on the UTF-8 bytes."""
+    return value if isinstance(value, bytes) else str(value).encode("utf-8")
 
 
 def _as_str(value: str | bytes) -> str:
