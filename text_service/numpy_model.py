@@ -79,6 +79,8 @@ class CharNgramIndex:
 
     def __init__(self, vocabulary: Sequence[str], ngrams: Sequence[int]):
         self.ngrams = tuple(int(n) for n in ngrams)
+        if min(self.ngrams) < 2:  # a 1-gram would count the padding spaces, which words share here
+            raise ValueError(f"character n-grams of widths {self.ngrams}: widths start at 2 here")
         characters = sorted({ch for token in vocabulary for ch in token} | {" "})
         self.alphabet = np.array([ord(ch) for ch in characters], dtype=np.int64)
         self.other = len(self.alphabet) + 1
@@ -135,8 +137,6 @@ class CharNgramIndex:
             for k in range(1, n):
                 key = key * self.base + ids[k:k + count]
             inside = spaces_before[n - 1:n - 1 + count] == spaces_before[1:1 + count]  # no inner space
-            if n == 1:
-                inside &= ~space[:count]
             start = np.arange(count)
             rows.append(row[start + space[:count]][inside])  # the row of the window's first letter
             keys.append(key[inside])
@@ -222,9 +222,8 @@ class NumpyTextModel:
 
     def _word_counts(self, texts: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row, vocabulary index, count) of the word n-grams of each text, sorted by row."""
-        rows, columns = [], []
+        rows, columns, index = [], [], self._word_index
         for row, text in enumerate(texts):
-            index = self._word_index
             found = [index.get(token, 0) for token in word_ngrams(words(text), self.word_ngrams)]
             rows.extend([row] * len(found))
             columns.extend(found)
