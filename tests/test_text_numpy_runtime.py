@@ -201,3 +201,10 @@ def test_other_ngram_widths_match_too(tmp_path):
     probe = sample_products(16, seed=9)
     assert max_difference(signature, runtime, [p.text for p in probe], [p.cleaned for p in probe]) <= TOLERANCE
     assert max_difference(signature, runtime, ODD_STRINGS, ODD_STRINGS) <= TOLERANCE
+
+
+def test_synthetic_text_bundle_carries_the_numpy_runtime(synthetic_models):
+    """The bundles other tests serve go through the same export: their text service runs NumPy."""
+    text = read_bundle(synthetic_models, "text")
+    assert numpy_record(text.metadata) is not None and (text.path / VECTORIZER_FILE).is_file()
+    assert TextModel(text).runner.runtime == NUMPY
