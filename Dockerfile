@@ -3,7 +3,8 @@
 # One image for the four services; the command picks the service (the default runs the gateway):
 #
 #   docker build -t rakuten-classifier:0.1.0 .
-#   docker build --build-arg BASE_IMAGE=tensorflow/tensorflow:2.21.0-gpu -t rakuten-classifier:0.1.0-gpu .
+#   docker build --build-arg BASE_IMAGE=tensorflow/tensorflow:2.21.0-gpu --build-arg ONNXRUNTIME_GPU=1 \
+#       -t rakuten-classifier:0.1.0-gpu .
 #
 #   docker run --rm -p 50052:50052 -p 9102:9102 rakuten-classifier:0.1.0 python3 -m text_service
 #   docker run --rm -p 50051:50051 -e TEXT_ADDRESS=host:50052 ... rakuten-classifier:0.1.0
@@ -16,11 +17,18 @@
 #
 # CPU base: python:3.11-slim (Debian bookworm). GPU base: TensorFlow's own image, whose system
 # Python already holds tensorflow 2.21.0 with CUDA: pip finds it satisfies the pin and keeps it.
+# Inference runtime (common/runtime.py): image_service and fusion_service run their bundles'
+# model.onnx on ONNX Runtime. The GPU build swaps `onnxruntime` for `onnxruntime-gpu` (same
+# version, CUDAExecutionProvider, using the CUDA and cuDNN libraries of the TensorFlow GPU base),
+# so image_service runs on the GPU through ONNX Runtime; text_service runs TensorFlow with CUDA.
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
+# The ONNX Runtime build: CPU here; the GPU image sets ONNXRUNTIME_GPU=1 (see the top of the file).
+ARG ONNXRUNTIME_GPU=0
 
 # ---- dependencies: the pinned runtime requirements on the chosen base -----------------------
 FROM ${BASE_IMAGE} AS dependencies
+ARG ONNXRUNTIME_GPU
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -31,6 +39,8 @@ COPY pyproject.toml requirements.lock ./
 # The project's direct runtime dependencies (not the dev ones), every version pinned by the lock.
 RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
+    && if [ "$ONNXRUNTIME_GPU" = 1 ]; then \
+           sed -i 's/^onnxruntime==/onnxruntime-gpu==/' /tmp/requirements.txt requirements.lock; fi \
     && python3 -m pip install -c requirements.lock -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 

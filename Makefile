@@ -172,7 +172,25 @@ faults: $(GENERATED) ## under load: a backend killed, the gateway restarted, a s
 	$(PY) -m pytest -q tests/test_faults.py
 
 # ---------------------------------------------------------------------------------------------
+# Inference runtimes: ONNX files for bundles exported before ONNX, and the runtime benchmarks.
+.PHONY: export-onnx bench-runtimes bench-gpu bench-memory
+
+export-onnx: $(GENERATED) ## add model.onnx (checked against the SavedModel) to the image and fusion bundles
+	$(PY) -m training.export_onnx --models $(MODELS)
+
+bench-runtimes: $(GENERATED) ## image network on tensorflow vs onnx, batch 1/8/32, interleaved in one run
+	$(PY) -m bench.bench_image --data $(RAKUTEN_DATA) --models $(MODELS) --compare-runtimes tensorflow,onnx \
+		--batch-sizes 1,8,32 --seconds 5
+
+bench-gpu: $(GENERATED) ## image_service in process at batch 1/8/32/128 on the node's best runtime (GPU if any)
+	$(PY) -m bench.gpu --models $(MODELS)
+
+bench-memory: $(GENERATED) ## memory (PSS) of each model service after warm-up, per runtime
+	$(PY) -m bench.memory --models $(MODELS)
+
+# ---------------------------------------------------------------------------------------------
 # The text model's NumPy runtime (text_service/numpy_model.py)
+.PHONY: text-runtime-files bench-text
 
 text-runtime-files: $(GENERATED) ## add the NumPy runtime's files to the committed text bundle (MODELS/text/1), no retraining
 	$(PY) -m training.text_runtime_files $(MODELS)/text/1

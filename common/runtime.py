@@ -3,7 +3,7 @@
 TensorFlow/Keras trains and exports every model, and every bundle keeps its SavedModel (TF Serving
 and its tools read it). A bundle exported with ONNX also holds the same network as `model.onnx`
 (written by `training.export_onnx`, checked against the SavedModel). On a CPU, ONNX Runtime runs
-these networks about 3x faster than TensorFlow and takes a fraction of its memory, so a model
+these networks in about half TensorFlow's CPU time and a fraction of its memory (bench/RESULTS.md), so a model
 service picks its runtime with one setting (`--runtime`, env RUNTIME):
 
 * `auto` (default): ONNX Runtime when it imports and the bundle has an ONNX file (on the GPU

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import keras
 import numpy as np

@@ -2,6 +2,8 @@
 and embedding sizes: enough for real services to load and answer sensibly, built in seconds.
 
 Used by every test that starts the whole stack (system, monitoring, web front, TLS, fuzzing).
+The image and fusion bundles hold `model.onnx` as their training exports write it, so those
+services run on ONNX Runtime (`--runtime auto`) there, as in production.
 """
 
 from __future__ import annotations

@@ -219,3 +219,32 @@ def test_synthetic_picture_ranks_a_plausible_class_in_top5(classifier, draw, acc
     logits = classifier(normalised[None].astype(np.float32), training=False).numpy()[0]
     top5 = set(np.argsort(logits)[::-1][:5].tolist())
     assert top5 & acceptable, f"top-5 {sorted(top5)} has none of {sorted(acceptable)}"
+
+
+# -- the ONNX build of the same network (image_service/backbone_onnx.py) ----------------------------
+
+def test_onnx_backbone_matches_the_keras_port_on_synthetic_images():
+    """Built from the same .pth with BatchNorm folded, fed uint8 images: features within 1e-4."""
+    from common.runtime import OnnxRunner
+    from image_service.backbone_onnx import build_backbone_onnx
+    from image_service.preprocessing import prepare_image
+    from tests.synthetic_images import GREEN, encode, noisy, solid
+
+    pictures = [prepare_image(encode(noisy((500, 500), seed=seed), "JPEG", quality=90)) for seed in range(2)]
+    pictures += [prepare_image(encode(solid(GREEN, (320, 240)), "PNG"))]
+    pictures += [np.clip(draw(), 0, 255).astype(np.uint8) for draw in (_window_screen_picture, _traffic_light_picture)]
+    images = np.stack(pictures)
+    features = OnnxRunner(build_backbone_onnx().SerializeToString(), intra_op_threads=1)(image=images)["features"]
+    normalised = (images.astype(np.float32) - np.array(INPUT_MEAN_RGB)) / np.array(INPUT_STD_RGB)
+    expected = build_backbone(include_top=False)(normalised.astype(np.float32), training=False).numpy()
+    assert features.shape == (len(images), FEATURE_DIM)
+    assert np.abs(features - expected).max() <= 1e-4
+
+
+def test_onnx_backbone_refuses_weights_it_does_not_place(tmp_path, state_dict, monkeypatch):
+    from image_service import backbone_onnx
+
+    extra = {**state_dict, "_blocks.99._expand_conv.weight": np.zeros((1, 1, 1, 1), np.float32)}
+    monkeypatch.setattr(backbone_onnx, "load_legacy_state_dict", lambda path: extra)
+    with pytest.raises(ValueError, match=r"_blocks\.99\._expand_conv\.weight"):
+        backbone_onnx.build_backbone_onnx(tmp_path / "unused.pth")

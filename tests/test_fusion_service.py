@@ -93,7 +93,7 @@ def test_onnx_service_loads_tensorflow_only_when_tf_serving_is_called(fusion_mod
         assert not loads_tensorflow(process)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(process.channel)
         metadata = stub.GetModelMetadata(get_model_metadata_pb2.GetModelMetadataRequest(
-            model_spec={"name": "fusion"}, metadata_field=["signature_def"]), timeout=60)
+            model_spec={"name": "fusion"}, metadata_field=["signature_def"]), timeout=180)  # loads TensorFlow
         assert metadata.model_spec.version.value == 1
         assert loads_tensorflow(process)
     finally:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from common.model_bundle import bundle_size_bytes
+from common.runtime import ONNX_FILE
 from image_service.backbone import FEATURE_DIM
 from training import image_model as im
 
@@ -252,7 +253,38 @@ def test_exported_bundle_serves_like_the_head(tmp_path, trained_head):
     assert metadata["outputs"]["embedding"]["shape"] == [-1, 32]
     assert metadata["outputs"]["probabilities"]["shape"] == [-1, NUM_CLASSES]
     assert metadata["hyperparameters"]["embedding_dim"] == 32
+    assert metadata["runtimes"]["onnx"]["file"] == ONNX_FILE and (bundle.path / ONNX_FILE).is_file()
+    assert metadata["runtimes"]["onnx"]["max_abs_difference"] <= 1e-4
+    assert set(metadata["runtimes"]["tensorflow"]["files"]) == {"saved_model.pb", "variables/"}
     assert bundle_size_bytes(bundle.path) < 1_000_000
+
+
+def prepared_synthetic_pictures() -> list[np.ndarray]:
+    """Real-looking inputs: synthetic JPEG/PNG/WebP uploads through the service's own preparation."""
+    from image_service.preprocessing import prepare_image
+    from tests.synthetic_images import BLUE, RED, encode, noisy, solid
+
+    uploads = [encode(noisy((500, 500), seed=seed), "JPEG", quality=90) for seed in range(3)]
+    uploads += [encode(solid(RED, (300, 200)), "PNG"), encode(solid(BLUE), "WEBP")]
+    return [prepare_image(data) for data in uploads] + list(synthetic_images(3))
+
+
+def test_image_model_answers_the_same_on_both_runtimes(tmp_path, trained_head):
+    """Backbone + head: the ONNX graph built from the .pth and the ONNX head against Keras + SavedModel."""
+    from common.runtime import RuntimeConfig
+    from image_service.model import ImageModel
+
+    labels = [(10 * (i + 1), f"category {i}") for i in range(NUM_CLASSES)]
+    bundle = im.export_image_bundle(tmp_path, trained_head, labels, training_data={}, metrics={})
+    onnx_model = ImageModel(bundle, RuntimeConfig("onnx"))
+    tf_model = ImageModel(bundle, RuntimeConfig("tensorflow"))
+    assert (onnx_model.runner.runtime, tf_model.runner.runtime) == ("onnx", "tensorflow")
+    pictures = prepared_synthetic_pictures()
+    on_onnx, on_tf = onnx_model.predict(pictures), tf_model.predict(pictures)
+    for a, b in zip(on_onnx, on_tf):
+        assert np.abs(a.embedding - b.embedding).max() <= 1e-4
+        assert np.abs(a.probabilities - b.probabilities).max() <= 1e-4
+        assert a.probabilities.argmax() == b.probabilities.argmax()
 
 
 def test_bundle_refuses_labels_that_do_not_match_the_head(tmp_path, trained_head):

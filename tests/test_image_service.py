@@ -135,7 +135,7 @@ def test_tf_serving_predict_and_metadata(service):
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "image"
     request.inputs["image"].CopyFrom(tf.make_tensor_proto(np.full((2, 224, 224, 3), 255, np.uint8)))
-    response = stub.Predict(request, timeout=30)
+    response = stub.Predict(request, timeout=180)  # the first TF Serving call loads TensorFlow
     probabilities = tf.make_ndarray(response.outputs["probabilities"])
     assert probabilities.shape == (2, len(LABELS))
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)

@@ -23,7 +23,8 @@ JOBS = {"gateway": "gateway", "text_service": "text-service", "image_service": "
 # Every metric the serving kit and the gateway define: the table in docs/metrics.md lists them.
 KIT_METRICS = {"grpc_server_started_total", "grpc_server_handled_total", "grpc_server_handling_seconds",
                "grpc_server_in_flight_requests", "model_batch_size", "model_queue_wait_seconds",
-               "model_inference_seconds", "model_queue_items", "model_version_info", "model_loads_total"}
+               "model_inference_seconds", "model_queue_items", "model_version_info", "model_loads_total",
+               "model_runtime_info"}
 GATEWAY_METRICS = {"gateway_stage_seconds", "gateway_answers_total", "gateway_degraded_answers_total"}
 
 

@@ -2,7 +2,7 @@
 
 The SavedModel stays the bundle's reference (TF Serving and its tools read it); `model.onnx` is the
 same `serving_default` signature converted by tf2onnx, for ONNX Runtime (`common.runtime`: about
-3x the images per second of TensorFlow on a CPU, and no TensorFlow in the serving process). The
+half TensorFlow's CPU time per image, and no TensorFlow in the serving process). The
 conversion is checked on sample inputs: the largest absolute difference between the two outputs
 must stay within `TOLERANCE`, or nothing is written. metadata.json records which runtimes and
 files the bundle has (`runtimes`).
