@@ -208,3 +208,13 @@ bench-gpu: $(GENERATED) ## image_service in process at batch 1/8/32/128 on the n
 
 bench-memory: $(GENERATED) ## memory (PSS) of each model service after warm-up, per runtime
 	$(PY) -m bench.memory --models $(MODELS)
+
+# ---------------------------------------------------------------------------------------------
+# The text model's NumPy runtime (text_service/numpy_model.py)
+.PHONY: text-runtime-files bench-text
+
+text-runtime-files: $(GENERATED) ## add the NumPy runtime's files to the committed text bundle (MODELS/text/1), no retraining
+	$(PY) -m training.text_runtime_files $(MODELS)/text/1
+
+bench-text: $(GENERATED) ## text model per call at batch 1, 8, 32: TensorFlow SavedModel vs NumPy runtime, interleaved
+	$(PY) -m bench.text_model --data $(RAKUTEN_DATA) --models $(MODELS)

@@ -1,9 +1,11 @@
 """text_service as a process, with a small text model trained on synthetic products: health,
-reflection, Encode, TF Serving's Predict and GetModelMetadata, metrics, bad input, hot reload."""
+reflection, Encode, TF Serving's Predict and GetModelMetadata, metrics, bad input, hot reload;
+each on the text model's fast runtime (`--runtime onnx`: NumPy) and on TensorFlow."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -33,17 +35,22 @@ def train_and_export(models_root, seed: int = 0):
                               training_data={"synthetic": True}, metrics={}, hyperparameters={})
 
 
+@pytest.fixture(scope="module", params=["onnx", "tensorflow"])
+def runtime(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def models_root(tmp_path_factory):
+def models_root(runtime, tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     train_and_export(root)
     return root
 
 
 @pytest.fixture(scope="module")
-def service(models_root, tmp_path_factory):
+def service(models_root, runtime, tmp_path_factory):
     process = ServiceProcess("text_service", ["--models-dir", str(models_root), "--model-poll-seconds", "0.5",
-                                              "--max-items-per-request", "16"],
+                                              "--max-items-per-request", "16", "--runtime", runtime],
                              tmp_path_factory.mktemp("logs")).start()
     yield process
     assert process.stop() == 0, process.log()
@@ -61,6 +68,14 @@ def test_health_and_reflection(service):
         assert service.health(name) == health_pb2.HealthCheckResponse.SERVING
     services = ProtoReflectionDescriptorDatabase(service.channel).get_services()
     assert {"rakuten.v1.TextEncoder", "tensorflow.serving.PredictionService", "grpc.health.v1.Health"} <= set(services)
+
+
+def test_the_model_runs_on_the_runtime_asked_for(service, runtime):
+    expected = "numpy" if runtime == "onnx" else "tensorflow"  # the text model's fast runtime is NumPy
+    assert f'model_runtime_info{{device="cpu",model="text",runtime="{expected}"}} 1.0' in service.metrics()
+    encode(service, [("Carte Pokémon rare", "holographique")])
+    # on NumPy, TensorFlow is loaded only when a TF Serving client calls (test_tf_serving_predict...)
+    assert ("libtensorflow" in Path(f"/proc/{service.process.pid}/maps").read_text()) == (runtime == "tensorflow")
 
 
 def test_encode_runs_the_pipeline_and_the_model(service):
@@ -108,7 +123,7 @@ def test_tf_serving_predict_and_metadata(service):
     prepared = preprocess("Bâche pour piscine", "")
     request.inputs["text"].CopyFrom(tf.make_tensor_proto([prepared.text]))
     request.inputs["cleaned"].CopyFrom(tf.make_tensor_proto([prepared.cleaned]))
-    response = stub.Predict(request, timeout=10)
+    response = stub.Predict(request, timeout=60)  # on NumPy, the first TF Serving call loads TensorFlow
     probabilities = tf.make_ndarray(response.outputs["probabilities"])
     assert probabilities.shape == (1, len(LABELS)) and int(probabilities.argmax()) == 1
     assert tf.make_ndarray(response.outputs["embedding"]).shape == (1, EMBEDDING_DIM)

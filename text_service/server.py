@@ -7,6 +7,7 @@ import asyncio
 from pydantic import Field
 
 from common.model_service import BatchedModelService, served_review_threshold, served_version
+from common.runtime import RuntimeConfig
 from common.scores import answer_scores, resolve_top_k
 from common.settings import ModelServiceSettings
 from common.timing import StageTimer
@@ -35,7 +36,9 @@ class TextService(BatchedModelService[str, TextPrediction], text_pb2_grpc.TextEn
     add_servicer = staticmethod(text_pb2_grpc.add_TextEncoderServicer_to_server)
 
     def __init__(self, settings: TextServiceSettings):
-        super().__init__(settings, TextModel, settings.preprocess_threads, "text-pipeline")
+        runtime = RuntimeConfig.from_settings(settings)
+        super().__init__(settings, lambda bundle: TextModel(bundle, runtime), settings.preprocess_threads,
+                         "text-pipeline")
         self.settings: TextServiceSettings = settings
         load_detector(settings.language_detector)  # its model loads now, not on the first request
 

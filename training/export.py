@@ -9,7 +9,7 @@ it and how it scored on validation.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import tensorflow as tf
@@ -36,6 +36,7 @@ def export_bundle(
     input_descriptions: dict[str, str] | None = None,
     version: int | None = None,
     with_onnx: bool = False,
+    write_runtimes: Callable[[Path], dict[str, Any]] | None = None,
 ) -> BundleInfo:
     """Write `models_root/name/<version>/` for a model with dict outputs and the given named inputs.
 
@@ -43,6 +44,8 @@ def export_bundle(
     `metadata` adds the model's own fields (training_data, metrics, hyperparameters, ...).
     `with_onnx`: also write `model.onnx` (`training.export_onnx`, checked against the SavedModel) for
     ONNX Runtime, for float inputs; metadata.json's `runtimes` says which files the bundle has.
+    `write_runtimes(folder)`: writes another runtime's files, derived from the SavedModel once it is
+    in `folder`, and returns their `runtimes` records (the text model's NumPy runtime).
     """
     names = [spec.name for spec in inputs]
     if not all(names) or len(set(names)) != len(names):
@@ -62,7 +65,10 @@ def export_bundle(
         module.model = serving_model  # tracks the variables and any lookup tables (vocabularies)
         tf.saved_model.save(module, str(folder), signatures={SERVING_SIGNATURE: serve.get_concrete_function()})
         # write_bundle adds metadata.json after this returns, so the record lands in it.
-        full["runtimes"] = write_onnx(folder) if with_onnx else runtimes_record()
+        runtimes = write_onnx(folder) if with_onnx else runtimes_record()
+        if write_runtimes is not None:
+            runtimes.update(write_runtimes(folder))
+        full["runtimes"] = runtimes
 
     output_specs = serve.get_concrete_function().structured_outputs
     pairs = [(item.code, item.name) if hasattr(item, "code") else item for item in labels]

@@ -49,6 +49,7 @@ from common.saved_model import SERVING_SIGNATURE
 from text_service.preprocessing import PreprocessedText
 from training.export import export_bundle
 from training.fitting import FitConfig, dataset, early_stopping_split, fit_classifier
+from training.text_runtime_files import write_numpy_runtime
 
 MODEL_NAME = "text"
 TEXT_INPUT = "text"        # preprocess(...).text: the study's normalised words
@@ -376,7 +377,8 @@ def export_text_bundle(
     version: int | None = None,
     class_priors: dict[str, float] | None = None,
 ) -> BundleInfo:
-    """Write `models_root/name/<version>/`: SavedModel with `serving_default` and metadata.json.
+    """Write `models_root/name/<version>/`: SavedModel with `serving_default`, metadata.json, and
+    the NumPy runtime's files (`training.text_runtime_files`, checked against the SavedModel).
 
     The signature takes `text` and `cleaned` (string [None] each, the two views of
     `preprocess`) and returns `embedding` (float32 [None, D], the "embedding" layer) and
@@ -391,7 +393,21 @@ def export_text_bundle(
     metadata = {"training_data": training_data, "metrics": metrics, "hyperparameters": hyperparameters}
     if class_priors is not None:  # training.class_priors: the shares of the training labels
         metadata["class_priors"] = class_priors
-    return export_bundle(serving_model, models_root, name, inputs, labels, metadata, descriptions, version)
+    word_ngrams, char_ngrams = _vectorizer_ngrams(model)
+    return export_bundle(serving_model, models_root, name, inputs, labels, metadata, descriptions, version,
+                         write_runtimes=lambda folder: write_numpy_runtime(folder, word_ngrams, char_ngrams))
+
+
+def _vectorizer_ngrams(model: keras.Model) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The n-gram widths of the word and character vectorisers, which the NumPy runtime repeats."""
+    word_config = model.get_layer("word_counts").get_config()
+    if word_config["split"] != "whitespace" or word_config["standardize"] is not None:
+        raise ValueError("the word vectoriser must split on white space and not standardise")
+    word = word_config["ngrams"]
+    char = model.get_layer("char_counts")._split  # CharNgramsWithinWords; Keras keeps no public handle
+    if not isinstance(char, CharNgramsWithinWords):
+        raise ValueError(f"the character vectoriser splits with {char!r}, not CharNgramsWithinWords")
+    return (tuple(range(1, word + 1)) if isinstance(word, int) else tuple(word)), char.ngrams
 
 
 def config_dict(config: TextModelConfig | StudyBaselineConfig) -> dict[str, Any]:
