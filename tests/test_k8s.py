@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from monitoring import tools
+from ops import tools
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 K8S = PROJECT_ROOT / "k8s"
@@ -380,8 +380,8 @@ def test_dockerfile():
     k8s_user = objects("cpu", "Deployment")["gateway"]["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
     assert users and users[-1].split(":")[0] == str(k8s_user), "numeric non-root USER, the one Kubernetes runs as"
     healthcheck = [v for k, v in instructions if k == "HEALTHCHECK"]
-    assert healthcheck and "monitoring.healthcheck" in healthcheck[0]
-    assert (PROJECT_ROOT / "monitoring" / "healthcheck.py").is_file()
+    assert healthcheck and "common.healthcheck" in healthcheck[0]
+    assert (PROJECT_ROOT / "common" / "healthcheck.py").is_file()
 
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
     for path in (".git", ".venv", ".cache", "run", "reports", "rakuten", "**/__pycache__"):
@@ -390,7 +390,7 @@ def test_dockerfile():
 
 
 def test_healthcheck_finds_the_service_port():
-    from monitoring.healthcheck import port_from_cmdline, resolve_port
+    from common.healthcheck import port_from_cmdline, resolve_port
 
     assert port_from_cmdline(["python3", "-m", "text_service"]) == 50052
     assert port_from_cmdline(["python3", "-m", "gateway", "--port", "6000"]) == 6000

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from monitoring import tools
+from ops import tools
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MONITORING = PROJECT_ROOT / "monitoring"
@@ -205,7 +205,7 @@ def test_prometheus_scrapes_the_four_services_and_evaluates_the_rules(stack, tmp
     tool(tools.prometheus)
     python_packages()
     from monitoring.check import query, run as check
-    from monitoring.prometheus import LocalPrometheus
+    from ops.prometheus import LocalPrometheus
 
     prometheus = LocalPrometheus({JOBS[name]: f"127.0.0.1:{p.metrics_port}" for name, p in stack.items()},
                                  tmp_path / "prometheus").start()
