@@ -106,8 +106,9 @@ def test_prometheus_config_passes_promtool_and_scrapes_the_four_services():
     run([tool(tools.promtool), "check", "config", str(MONITORING / "prometheus.yml")])
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     targets = {c["job_name"]: c["static_configs"][0]["targets"] for c in config["scrape_configs"]}
-    assert targets == {"gateway": ["localhost:9101"], "text-service": ["localhost:9102"],
-                       "image-service": ["localhost:9103"], "fusion-service": ["localhost:9104"]}
+    from common.services import SERVICES
+
+    assert targets == {s.name: [f"localhost:{s.metrics_port}"] for s in SERVICES}  # the ports make up uses
     assert 2 <= int(config["global"]["scrape_interval"].rstrip("s")) <= 5
 
 
