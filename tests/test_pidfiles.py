@@ -66,3 +66,23 @@ def test_stop_kills_what_ignores_sigterm_after_the_grace(tmp_path):
         assert time.monotonic() - started < 10 and not path.exists()
     finally:
         process.kill()
+
+
+def test_local_stack_down_stops_every_process_its_pid_files_name(tmp_path, capsys):
+    from ops import local_stack
+
+    processes = {s.module: subprocess.Popen(SLEEPER, start_new_session=True) for s in local_stack.SERVICES[:2]}
+    for module, process in processes.items():
+        pidfiles.write(tmp_path / f"{module}.pid", process.pid)
+        (tmp_path / f"{module}.port").write_text("1")
+    try:
+        local_stack.status(tmp_path)
+        assert local_stack.down(tmp_path, grace=10) == 0
+        assert all(process.wait(5) is not None for process in processes.values())
+        assert list(tmp_path.iterdir()) == []
+        out = capsys.readouterr().out
+        assert all(f"{module:15} stopped" in out for module in processes)
+        assert "gateway" in out and "not running" in out
+    finally:
+        for process in processes.values():
+            process.kill()
