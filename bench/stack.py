@@ -21,10 +21,12 @@ from typing import Sequence
 
 import psutil
 
+from common import services
+from ops import pidfiles
 from ops.service_process import PROJECT_ROOT, ServiceProcess
 
-BACKENDS = ("text_service", "image_service", "fusion_service")
-SERVICES = (*BACKENDS, "gateway")
+BACKENDS = tuple(s.module for s in services.SERVICES if s.uses_models)
+SERVICES = (*BACKENDS, services.GATEWAY.module)
 
 
 def _process(pid: int) -> psutil.Process | None:
@@ -111,11 +113,7 @@ class ServiceStack:
     @classmethod
     def attach(cls, address: str, run_dir: Path) -> "ServiceStack":
         """A running stack (`make up`): pids from run_dir/<service>.pid where they exist."""
-        pids = {}
-        for module in SERVICES:
-            path = run_dir / f"{module}.pid"
-            if path.is_file() and rss_bytes(int(path.read_text())) is not None:
-                pids[module] = int(path.read_text())
+        pids = {module: pid for module in SERVICES if (pid := pidfiles.pid(run_dir / f"{module}.pid")) is not None}
         return cls(address, pids)
 
     def rss(self) -> dict[str, int | None]:

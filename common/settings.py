@@ -8,7 +8,7 @@ stops the service at start-up with a message naming the setting.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,6 +17,16 @@ from common.runtime import RuntimeChoice, RuntimeUnavailable, check_choice
 from common.tls import ServerTLS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def port_field(default: int) -> Any:
+    """The gRPC port setting; services pass their port from common/services.py."""
+    return Field(default, ge=0, le=65535, description="gRPC port (0: pick a free one)")
+
+
+def metrics_port_field(default: int) -> Any:
+    """The Prometheus /metrics port setting; services pass theirs from common/services.py."""
+    return Field(default, ge=0, le=65535, description="Prometheus /metrics port (0: pick a free one)")
 
 
 class ServiceSettings(BaseSettings):
@@ -28,8 +38,8 @@ class ServiceSettings(BaseSettings):
     )
 
     host: str = Field("0.0.0.0", description="address the gRPC server binds")
-    port: int = Field(50050, ge=0, le=65535, description="gRPC port (0: pick a free one)")
-    metrics_port: int = Field(9100, ge=0, le=65535, description="Prometheus /metrics port (0: pick a free one)")
+    port: int = port_field(50050)
+    metrics_port: int = metrics_port_field(9100)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log threshold")
     log_format: Literal["json", "text"] = Field("json", description="json lines for collectors, text for people")
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="time in-flight calls get after SIGTERM")

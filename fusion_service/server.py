@@ -9,7 +9,8 @@ from common.errors import InvalidInput
 from common.model_service import BatchedModelService, served_review_threshold, served_version
 from common.runtime import RuntimeConfig
 from common.scores import answer_scores, resolve_top_k
-from common.settings import ModelServiceSettings
+from common.services import FUSION_SERVICE
+from common.settings import ModelServiceSettings, metrics_port_field, port_field
 from common.timing import StageTimer
 from fusion_service.model import FusionModel
 from rakuten.v1 import fusion_pb2, fusion_pb2_grpc
@@ -18,8 +19,8 @@ SERVICE_NAME = fusion_pb2.DESCRIPTOR.services_by_name["Fusion"].full_name
 
 
 class FusionServiceSettings(ModelServiceSettings):
-    port: int = Field(50054, ge=0, le=65535, description="gRPC port (0: pick a free one)")
-    metrics_port: int = Field(9104, ge=0, le=65535, description="Prometheus /metrics port (0: pick a free one)")
+    port: int = port_field(FUSION_SERVICE.port)
+    metrics_port: int = metrics_port_field(FUSION_SERVICE.metrics_port)
     model_name: str = Field("fusion", description="bundle folder under models_dir")
 
 

@@ -20,6 +20,7 @@ import grpc
 from google.protobuf import json_format
 
 from common.channels import retrying_options
+from common.services import GATEWAY
 from common.tls import ClientTLS, TLSConfigError, make_channel
 from rakuten.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
@@ -96,7 +97,7 @@ class ClassifierClient:
     deadline instead of failing at once.
     """
 
-    def __init__(self, address: str = "localhost:50051", timeout: float = 10.0,
+    def __init__(self, address: str = GATEWAY.local_address, timeout: float = 10.0,
                  max_message_bytes: int = 32 * 1024 * 1024, tls: ClientTLS | None = None,
                  wait_for_ready: bool = True):
         self.timeout = timeout
@@ -147,7 +148,7 @@ class AsyncClassifierClient:
     with the server's status and message on failure.
     """
 
-    def __init__(self, address: str = "localhost:50051", timeout: float = 10.0,
+    def __init__(self, address: str = GATEWAY.local_address, timeout: float = 10.0,
                  max_message_bytes: int = 32 * 1024 * 1024, tls: ClientTLS | None = None,
                  wait_for_ready: bool = True):
         self.timeout = timeout
@@ -198,7 +199,7 @@ def render(answer: Answer) -> str:
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """--address and the TLS flags, shared by every command of the client."""
-    parser.add_argument("--address", default="localhost:50051", help="gateway host:port")
+    parser.add_argument("--address", default=GATEWAY.local_address, help="gateway host:port")
     parser.add_argument("--tls-ca", type=Path, help="PEM CA of the gateway's certificate: connect over TLS")
     parser.add_argument("--tls-cert", type=Path, help="PEM client certificate, for a gateway under mutual TLS")
     parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")

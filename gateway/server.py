@@ -9,7 +9,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from common.scores import resolve_top_k
-from common.settings import ServiceSettings
+from common.services import FUSION_SERVICE, GATEWAY, IMAGE_SERVICE, TEXT_SERVICE
+from common.settings import ServiceSettings, metrics_port_field, port_field
 from common.tls import ClientTLS
 from gateway.backends import open_channel
 from gateway.pipeline import ClassificationPipeline, FusionPolicy, Limits, Stubs
@@ -20,11 +21,11 @@ SERVICE_NAME = classifier_pb2.DESCRIPTOR.services_by_name["ProductClassifier"].f
 
 
 class GatewaySettings(ServiceSettings):
-    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: pick a free one)")
-    metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus /metrics port (0: pick a free one)")
-    text_address: str = Field("localhost:50052", description="text_service (dns:///name:port spreads over pods)")
-    image_address: str = Field("localhost:50053", description="image_service address")
-    fusion_address: str = Field("localhost:50054", description="fusion_service address")
+    port: int = port_field(GATEWAY.port)
+    metrics_port: int = metrics_port_field(GATEWAY.metrics_port)
+    text_address: str = Field(TEXT_SERVICE.local_address, description="text_service (dns:///name:port spreads over pods)")
+    image_address: str = Field(IMAGE_SERVICE.local_address, description="image_service address")
+    fusion_address: str = Field(FUSION_SERVICE.local_address, description="fusion_service address")
     fusion_mode: Literal["head", "late"] = Field(
         "head", description="head: the fusion service; late: weighted average of text and image scores")
     late_fusion_text_weight: float = Field(

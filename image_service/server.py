@@ -10,7 +10,8 @@ from pydantic import Field
 from common.model_service import BatchedModelService, served_review_threshold, served_version
 from common.runtime import RuntimeConfig, node_cpus
 from common.scores import answer_scores, resolve_top_k
-from common.settings import ModelServiceSettings
+from common.services import IMAGE_SERVICE
+from common.settings import ModelServiceSettings, metrics_port_field, port_field
 from common.timing import StageTimer
 from image_service.model import ImageModel, ImagePrediction
 from image_service.preprocessing import ImageLimits, prepare_image
@@ -20,8 +21,8 @@ SERVICE_NAME = image_pb2.DESCRIPTOR.services_by_name["ImageEncoder"].full_name
 
 
 class ImageServiceSettings(ModelServiceSettings):
-    port: int = Field(50053, ge=0, le=65535, description="gRPC port (0: pick a free one)")
-    metrics_port: int = Field(9103, ge=0, le=65535, description="Prometheus /metrics port (0: pick a free one)")
+    port: int = port_field(IMAGE_SERVICE.port)
+    metrics_port: int = metrics_port_field(IMAGE_SERVICE.metrics_port)
     model_name: str = Field("image", description="bundle folder under models_dir")
     max_items_per_request: int = Field(64, ge=1, description="most images in one call")
     max_batch_size: int = Field(

@@ -33,8 +33,10 @@ import urllib.request
 import grpc
 import numpy as np
 
-JOBS = ("gateway", "text-service", "image-service", "fusion-service")
-STAGE_JOB = {"text": "text-service", "image": "image-service", "fusion": "fusion-service"}
+from common.services import FUSION_SERVICE, GATEWAY, IMAGE_SERVICE, TEXT_SERVICE
+
+JOBS = tuple(s.name for s in (GATEWAY, TEXT_SERVICE, IMAGE_SERVICE, FUSION_SERVICE))
+STAGE_JOB = {"text": TEXT_SERVICE.name, "image": IMAGE_SERVICE.name, "fusion": FUSION_SERVICE.name}
 QUANTILES = ("p50", "p95", "p99")
 
 
@@ -172,7 +174,7 @@ def run(prometheus: str, gateway: str, timeout: float, products: list | None = N
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monitoring.check", description=__doc__.splitlines()[0])
     parser.add_argument("--prometheus", default="http://127.0.0.1:9090", help="Prometheus base URL")
-    parser.add_argument("--gateway", default="localhost:50051", help="gateway host:port")
+    parser.add_argument("--gateway", default=GATEWAY.local_address, help="gateway host:port")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds for the whole check")
     parser.add_argument("--data", help="data folder whose traffic/ is sent (default: $RAKUTEN_DATA or ../shared/rakuten)")
     parser.add_argument("--products", type=int, default=300, help="real traffic products drawn (seeded)")

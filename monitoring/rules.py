@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from monitoring import tools
+from ops import tools
 
 try:
     import yaml

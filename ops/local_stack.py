@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common import services as registry
+from ops import pidfiles
 from ops.service_process import http_ready
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -42,28 +43,21 @@ class Service:
     http: bool = False
 
 
-GATEWAY = Service("gateway", 50051, 9101, False)
-WEB = Service("web", 8080, None, False, http=True)
-SERVICES = (
-    Service("text_service", 50052, 9102, True),
-    Service("image_service", 50053, 9103, True),
-    Service("fusion_service", 50054, 9104, True),
-    GATEWAY,
-    WEB,
-)
+def _local(spec: registry.ServiceSpec) -> Service:
+    return Service(spec.module, spec.port, spec.metrics_port, spec.uses_models)
+
+
+GATEWAY = _local(registry.GATEWAY)
+WEB = Service("web", registry.WEB_PORT, None, False, http=True)
+SERVICES = (*map(_local, registry.SERVICES), WEB)
+
+
+def _pid_file(run_dir: Path, service: Service) -> Path:
+    return run_dir / f"{service.module}.pid"
 
 
 def _pid(run_dir: Path, service: Service) -> int | None:
-    path = run_dir / f"{service.module}.pid"
-    if not path.is_file():
-        return None
-    pid = int(path.read_text())
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        path.unlink()
-        return None
-    return pid
+    return pidfiles.pid(_pid_file(run_dir, service))
 
 
 def _port(run_dir: Path, service: Service) -> int:
@@ -96,7 +90,7 @@ def _start(service: Service, models: Path, run_dir: Path, extra: list[str]) -> i
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     process = subprocess.Popen(args, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    (run_dir / f"{service.module}.pid").write_text(str(process.pid))
+    pidfiles.write(_pid_file(run_dir, service), process.pid)
     (run_dir / f"{service.module}.port").write_text(str(service.port))
     return process.pid
 
@@ -145,28 +139,20 @@ Open the demo page: http://localhost:{_port(run_dir, WEB)}/
 Or try:
   make classify
   .venv/bin/python -m gateway.client --designation "Piscine tubulaire 300 x 76 cm" --top-k 3
-  grpcurl -plaintext -d '{{"product": {{"designation": "Roman policier"}}}}' localhost:50051 rakuten.v1.ProductClassifier/Classify
-  curl -s localhost:9101/metrics | grep gateway_
+  grpcurl -plaintext -d '{{"product": {{"designation": "Roman policier"}}}}' localhost:{GATEWAY.port} rakuten.v1.ProductClassifier/Classify
+  curl -s localhost:{GATEWAY.metrics_port}/metrics | grep gateway_
 Stop them with: make down""")
     return 0
 
 
 def down(run_dir: Path, grace: float) -> int:
-    pids = {s.module: _pid(run_dir, s) for s in SERVICES}
-    for module, pid in pids.items():
-        if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
+    stopped = pidfiles.stop([_pid_file(run_dir, s) for s in SERVICES], grace)
     for service in SERVICES:
-        pid = pids[service.module]
-        while pid is not None and _pid(run_dir, service) is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pid is not None and _pid(run_dir, service) is not None:
-            os.kill(pid, signal.SIGKILL)
-            print(f"{service.module}: killed after {grace:.0f} s", file=sys.stderr)
-        (run_dir / f"{service.module}.pid").unlink(missing_ok=True)
         (run_dir / f"{service.module}.port").unlink(missing_ok=True)
-        if pid is not None:
+        killed = stopped.get(_pid_file(run_dir, service))
+        if killed:
+            print(f"{service.module}: killed after {grace:.0f} s", file=sys.stderr)
+        if killed is not None:
             print(f"{service.module:15} stopped")
     return 0
 

@@ -3,7 +3,7 @@ against the Kubernetes schemas offline (kubernetes-validate, strict), and the re
 have the properties the design asks for: native gRPC probes, resources, locked-down security
 contexts, headless Services for the model services, HPAs, PDBs, NetworkPolicies, GPUs on the GPU
 overlay. Prometheus-operator objects (no schema offline) are checked structurally. The Dockerfile
-is checked by reading it (no Docker engine in CI)."""
+is checked by reading it (no Docker engine in CI). Names and ports are those of common/services.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from monitoring import tools
+from common.services import SERVICES as SERVICE_SPECS
+from ops import k8s_services, tools
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 K8S = PROJECT_ROOT / "k8s"
@@ -23,11 +24,7 @@ OVERLAYS = ("cpu", "gpu")
 # Oldest release the manifests target (native gRPC probes are GA since 1.27) and the newest schema.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 SERVICES = {  # Deployment -> (module, gRPC port, metrics port, health service)
-    "gateway": ("gateway", 50051, 9101, "rakuten.v1.ProductClassifier"),
-    "text-service": ("text_service", 50052, 9102, "rakuten.v1.TextEncoder"),
-    "image-service": ("image_service", 50053, 9103, "rakuten.v1.ImageEncoder"),
-    "fusion-service": ("fusion_service", 50054, 9104, "rakuten.v1.Fusion"),
-}
+    s.name: (s.module, s.port, s.metrics_port, s.health_service) for s in SERVICE_SPECS}
 MODEL_SERVICES = ("text-service", "image-service", "fusion-service")
 GPU_SERVICES = ("text-service", "image-service")
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
@@ -115,6 +112,31 @@ def test_objects_validate_against_kubernetes_schemas(path, version):
                         f"{'.'.join(map(str, error.path))}: {error.message}")
         checked += 1
     assert checked
+
+
+# -- one source for names and ports --------------------------------------------------------------
+
+def test_service_values_are_generated_from_common_services():
+    for service in SERVICE_SPECS:
+        assert k8s_services.values_path(service).read_text() == k8s_services.render(service), (
+            f"{service.name}: run `python -m ops.k8s_services` after editing common/services.py")
+    assert sorted(p.parent.name for p in (K8S / "base").glob("*/values.yaml")) == sorted(SERVICES)
+
+
+def test_no_deployment_is_written_twice():
+    """One Deployment (and Service, autoscaler, budget) template, filled in per service."""
+    yaml = python_packages()
+    written = [doc["kind"] for path in (K8S / "base").rglob("*.yaml") for doc in yaml.safe_load_all(path.read_text())
+               if isinstance(doc, dict)]
+    assert written.count("Deployment") == written.count("Service") == 1
+
+
+def test_health_services_are_the_servers_own():
+    import importlib
+
+    for service in SERVICE_SPECS:
+        server = importlib.import_module(f"{service.module}.server")
+        assert service.health_service == server.SERVICE_NAME, service.name
 
 
 # -- workloads ----------------------------------------------------------------------------------
@@ -209,14 +231,17 @@ def test_services_headless_for_models_clusterip_for_gateway(overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_gateway_dials_the_headless_services_by_dns(overlay):
+def test_gateway_dials_the_headless_services_by_dns(overlay, monkeypatch):
     env = env_of(overlay, "gateway")
     for stage, service in (("TEXT", "text-service"), ("IMAGE", "image-service"), ("FUSION", "fusion-service")):
         assert env[f"{stage}_ADDRESS"] == f"dns:///{service}:{SERVICES[service][1]}"
     # The gateway's channels ask for round_robin: with dns:/// it spreads calls over every address.
     from gateway import backends
 
-    assert "round_robin" in backends._SERVICE_CONFIG
+    opened = {}
+    monkeypatch.setattr(backends, "make_channel", lambda address, tls, aio, options: opened.update(options))
+    backends.open_channel(env["TEXT_ADDRESS"], max_message_bytes=1024)
+    assert {"round_robin": {}} in json.loads(opened["grpc.service_config"])["loadBalancingConfig"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -380,9 +405,11 @@ def test_dockerfile():
     users = [v for k, v in instructions if k == "USER"]
     k8s_user = objects("cpu", "Deployment")["gateway"]["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
     assert users and users[-1].split(":")[0] == str(k8s_user), "numeric non-root USER, the one Kubernetes runs as"
+    exposed = {int(port) for k, v in instructions if k == "EXPOSE" for port in v.split()}
+    assert exposed == {p for s in SERVICE_SPECS for p in (s.port, s.metrics_port)}, "EXPOSE: common/services.py"
     healthcheck = [v for k, v in instructions if k == "HEALTHCHECK"]
-    assert healthcheck and "monitoring.healthcheck" in healthcheck[0]
-    assert (PROJECT_ROOT / "monitoring" / "healthcheck.py").is_file()
+    assert healthcheck and "common.healthcheck" in healthcheck[0]
+    assert (PROJECT_ROOT / "common" / "healthcheck.py").is_file()
 
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
     for path in (".git", ".venv", ".cache", "run", "reports", "rakuten", "**/__pycache__"):
@@ -391,9 +418,12 @@ def test_dockerfile():
 
 
 def test_healthcheck_finds_the_service_port():
-    from monitoring.healthcheck import port_from_cmdline, resolve_port
+    from common.healthcheck import port_from_cmdline, resolve_port
 
     assert port_from_cmdline(["python3", "-m", "text_service"]) == 50052
+    assert resolve_port(None, {}, lambda: ["python3", "-m", "fusion_service"]) == 50054
+    with pytest.raises(SystemExit):
+        resolve_port(None, {}, lambda: ["sleep", "5"])
     assert port_from_cmdline(["python3", "-m", "gateway", "--port", "6000"]) == 6000
     assert port_from_cmdline(["python3", "-m", "image_service", "--port=7000"]) == 7000
     assert port_from_cmdline(["sleep", "5"]) is None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from monitoring import tools
+from ops import tools
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MONITORING = PROJECT_ROOT / "monitoring"
@@ -106,8 +106,9 @@ def test_prometheus_config_passes_promtool_and_scrapes_the_four_services():
     run([tool(tools.promtool), "check", "config", str(MONITORING / "prometheus.yml")])
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     targets = {c["job_name"]: c["static_configs"][0]["targets"] for c in config["scrape_configs"]}
-    assert targets == {"gateway": ["localhost:9101"], "text-service": ["localhost:9102"],
-                       "image-service": ["localhost:9103"], "fusion-service": ["localhost:9104"]}
+    from common.services import SERVICES
+
+    assert targets == {s.name: [f"localhost:{s.metrics_port}"] for s in SERVICES}  # the ports make up uses
     assert 2 <= int(config["global"]["scrape_interval"].rstrip("s")) <= 5
 
 
@@ -205,7 +206,7 @@ def test_prometheus_scrapes_the_four_services_and_evaluates_the_rules(stack, tmp
     tool(tools.prometheus)
     python_packages()
     from monitoring.check import query, run as check
-    from monitoring.prometheus import LocalPrometheus
+    from ops.prometheus import LocalPrometheus
 
     prometheus = LocalPrometheus({JOBS[name]: f"127.0.0.1:{p.metrics_port}" for name, p in stack.items()},
                                  tmp_path / "prometheus").start()

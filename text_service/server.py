@@ -9,7 +9,8 @@ from pydantic import Field
 from common.model_service import BatchedModelService, served_review_threshold, served_version
 from common.runtime import RuntimeConfig
 from common.scores import answer_scores, resolve_top_k
-from common.settings import ModelServiceSettings
+from common.services import TEXT_SERVICE
+from common.settings import ModelServiceSettings, metrics_port_field, port_field
 from common.timing import StageTimer
 from rakuten.v1 import text_pb2, text_pb2_grpc
 from text_service.language import DEFAULT_DETECTOR, LanguageDetector, load_detector
@@ -21,8 +22,8 @@ SERVICE_NAME = text_pb2.DESCRIPTOR.services_by_name["TextEncoder"].full_name
 
 
 class TextServiceSettings(ModelServiceSettings):
-    port: int = Field(50052, ge=0, le=65535, description="gRPC port (0: pick a free one)")
-    metrics_port: int = Field(9102, ge=0, le=65535, description="Prometheus /metrics port (0: pick a free one)")
+    port: int = port_field(TEXT_SERVICE.port)
+    metrics_port: int = metrics_port_field(TEXT_SERVICE.metrics_port)
     model_name: str = Field("text", description="bundle folder under models_dir")
     max_designation_chars: int = Field(1_000, ge=1, description="longest title accepted")
     max_description_chars: int = Field(50_000, ge=1, description="longest description accepted")

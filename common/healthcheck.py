@@ -1,11 +1,11 @@
 """Container health check: exit 0 when this container's service reports SERVING on grpc.health.v1.
 
-    python -m monitoring.healthcheck [PORT] [--service NAME] [--timeout 3]
+    python -m common.healthcheck [PORT] [--service NAME] [--timeout 3]
 
 The port is the argument, else the HEALTH_PORT environment variable (the plaintext health port a
 service serves beside a TLS port), else PORT, else the `--port` flag of the service that PID 1
-runs (/proc/1/cmdline), else that service's default port. Used by the Dockerfile's HEALTHCHECK;
-Kubernetes uses its own native gRPC probes instead.
+runs (its command line, read with psutil), else that service's port in common/services.py. Used
+by the Dockerfile's HEALTHCHECK; Kubernetes uses its own native gRPC probes instead.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
+from typing import Callable
 
-DEFAULT_PORTS = {"gateway": 50051, "text_service": 50052, "image_service": 50053, "fusion_service": 50054}
+import psutil
+
+from common.services import BY_MODULE
 
 
 def port_from_cmdline(cmdline: list[str]) -> int | None:
@@ -26,28 +28,33 @@ def port_from_cmdline(cmdline: list[str]) -> int | None:
         if arg.startswith("--port="):
             return int(arg.split("=", 1)[1])
     for i, arg in enumerate(cmdline):
-        if arg == "-m" and i + 1 < len(cmdline) and cmdline[i + 1] in DEFAULT_PORTS:
-            return DEFAULT_PORTS[cmdline[i + 1]]
+        if arg == "-m" and i + 1 < len(cmdline) and cmdline[i + 1] in BY_MODULE:
+            return BY_MODULE[cmdline[i + 1]].port
     return None
 
 
-def resolve_port(given: int | None, environ=os.environ, proc1: Path = Path("/proc/1/cmdline")) -> int:
+def pid1_cmdline() -> list[str]:
+    """The command line of the container's main process (PID 1); empty when it cannot be read."""
+    try:
+        return psutil.Process(1).cmdline()
+    except psutil.Error:
+        return []
+
+
+def resolve_port(given: int | None, environ=os.environ, cmdline: Callable[[], list[str]] = pid1_cmdline) -> int:
     if given:
         return given
     for variable in ("HEALTH_PORT", "PORT"):
         if environ.get(variable):
             return int(environ[variable])
-    try:
-        port = port_from_cmdline(proc1.read_bytes().decode(errors="replace").split("\0"))
-    except OSError:
-        port = None
+    port = port_from_cmdline(cmdline())
     if port is None:
         raise SystemExit("healthcheck: no port given, no PORT variable, and PID 1 is not a known service")
     return port
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m monitoring.healthcheck", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m common.healthcheck", description=__doc__.splitlines()[0])
     parser.add_argument("port", type=int, nargs="?")
     parser.add_argument("--service", default="", help="health service name ('' is the whole server)")
     parser.add_argument("--timeout", type=float, default=3.0)

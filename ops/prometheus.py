@@ -1,8 +1,8 @@
 """A local Prometheus for `make up-monitoring`: Debian's binary run as a plain process.
 
-    python -m monitoring.prometheus up [--port 9090]   # start it (installs Debian's prometheus if missing)
-    python -m monitoring.prometheus status
-    python -m monitoring.prometheus down
+    python -m ops.prometheus up [--port 9090]   # start it (installs Debian's prometheus if missing)
+    python -m ops.prometheus status
+    python -m ops.prometheus down
 
 It scrapes the four services of `make up` with monitoring/prometheus.yml and evaluates
 monitoring/rules.yml; data, log and pid file live in run/prometheus/. Like the services, it runs
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from monitoring import tools
+from ops import pidfiles, tools
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG = PROJECT_ROOT / "monitoring" / "prometheus.yml"
@@ -47,16 +46,7 @@ def config_for(targets: dict[str, str], scrape_interval: str | None = None) -> d
 
 
 def _pid(run_dir: Path) -> int | None:
-    path = run_dir / "prometheus.pid"
-    if not path.is_file():
-        return None
-    pid = int(path.read_text())
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        path.unlink()
-        return None
-    return pid
+    return pidfiles.pid(run_dir / "prometheus.pid")
 
 
 def _port_taken(port: int) -> bool:
@@ -88,7 +78,7 @@ def start(config: Path, run_dir: Path, port: int, timeout: float = 60.0) -> int:
         process = subprocess.Popen(args, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
         pid = process.pid
-        (run_dir / "prometheus.pid").write_text(str(pid))
+        pidfiles.write(run_dir / "prometheus.pid", pid)
     deadline = time.monotonic() + timeout
     while not ready(url):
         if _pid(run_dir) is None:
@@ -102,17 +92,7 @@ def start(config: Path, run_dir: Path, port: int, timeout: float = 60.0) -> int:
 
 def stop(run_dir: Path, grace: float = 10.0) -> bool:
     """SIGTERM, then SIGKILL after `grace`; False when it was not running."""
-    pid = _pid(run_dir)
-    if pid is None:
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while _pid(run_dir) is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _pid(run_dir) is not None:
-        os.kill(pid, signal.SIGKILL)
-    (run_dir / "prometheus.pid").unlink(missing_ok=True)
-    return True
+    return bool(pidfiles.stop([run_dir / "prometheus.pid"], grace))
 
 
 def _log_tail(run_dir: Path) -> str:
@@ -147,7 +127,7 @@ class LocalPrometheus:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m monitoring.prometheus", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ops.prometheus", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PROMETHEUS_PORT", DEFAULT_PORT)))
     parser.add_argument("--config", type=Path, default=CONFIG)
