@@ -16,13 +16,14 @@ import concurrent.futures
 import json
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import grpc
 
 from common.services import GATEWAY
 from gateway.client import ClassifierClient, Product
-from training.data import data_dir, load_products
+from training.data import data_dir, fingerprint, load_products
 from training.reports import f1_scores
 
 GROUPS = ("text only", "image only", "text + image", "all")
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [list(range(i, min(i + args.batch, len(products)))) for i in range(0, len(products), args.batch)]
     predictions: dict[int, int] = {}
     flagged: dict[int, bool] = {}
+    models: dict[str, int] = {}  # the versions that answered (a swap during the run shows as the last one)
     degraded = 0
     started = time.perf_counter()
     with ClassifierClient(args.address, timeout=60) as client:
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                     for i, answer in zip(rows, answers):
                         predictions[i] = answer.categories[0].code
                         flagged[i] = answer.needs_review
+                        models.update(answer.models)
                         degraded += answer.degraded
         except grpc.RpcError as error:
             print(f"error from the gateway at {args.address}: {error.code().name}: {error.details()}\n"
@@ -91,10 +94,14 @@ def main(argv: list[str] | None = None) -> int:
                           "coverage": coverage, "accepted_precision": None if not accepted else right}
         print(f"{group:<14} {scores.rows:>5}  {scores.weighted:>11.3f}  {scores.macro:>8.3f}  {coverage:>8.3f}  "
               f"{right:>14.3f}")
-    print(f"{len(products)} products in {elapsed:.1f} s through {args.address}; degraded answers: {degraded}")
+    print(f"{len(products)} products in {elapsed:.1f} s through {args.address}; degraded answers: {degraded}; "
+          f"models: {', '.join(f'{name} v{version}' for name, version in sorted(models.items()))}")
     args.report.mkdir(parents=True, exist_ok=True)
     (args.report / "metrics.json").write_text(json.dumps(
-        {"groups": results, "degraded": degraded, "seconds": elapsed, "address": args.address}, indent=2) + "\n")
+        {"evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+         "data": {"path": str(root), "fingerprint": fingerprint(root), "split": "val", "rows": len(products)},
+         "models": models, "groups": results, "degraded": degraded, "seconds": elapsed, "address": args.address},
+        indent=2) + "\n")
     return 0
 
 

@@ -33,7 +33,7 @@ from training.fitting import FitConfig
 from training.fusion_data import FusionInputs, fused_probabilities, load_fusion_inputs
 from training.fusion_model import MODEL_NAME, FusionConfig, predict_fusion, train_fusion_model
 from training.pairing import class_conditional_pairs
-from training.reports import f1_scores, summarise_calibration, write_report
+from training.reports import f1_scores, provenance, summarise_calibration, write_report
 from training.train_fusion import (GATEWAY_MODE, HEAD, LATE, TEXT_ONLY, compare_on_val_pairs, late_fused,
                                    print_table, score_table)
 
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                + ", ".join(f"{name} {100 * (scores[name].weighted - scores[TEXT_ONLY].weighted):+.1f}"
                            for name in (HEAD, LATE))],
         calibration=confidence,
+        provenance=provenance(root, [bundle, inputs.text_bundle, inputs.image_bundle])
     )
     print(f"report written to {args.report}")
     return 0

@@ -40,7 +40,7 @@ from training.image_model import (
     image_products,
     tta_views,
 )
-from training.reports import f1_scores, summarise_calibration, write_report
+from training.reports import f1_scores, provenance, summarise_calibration, write_report
 
 CACHE_DIR = PROJECT_ROOT / ".cache"
 BASELINE = "linear probe (LogisticRegression on frozen EfficientNet-Lite0 features)"
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                "(no augmentation) and evaluated on the same val rows" if baselines
                else "- no split == train images in the data folder: no baseline"],
         calibration=confidence,
+        provenance=provenance(root, [bundle])
     )
     print(f"report written to {args.report}")
     return 0

@@ -30,7 +30,7 @@ from common.scores import Calibration
 from text_service.model import TextModel
 from training.data import PROJECT_ROOT, data_dir
 from training.fusion_data import encode_texts
-from training.reports import f1_scores, summarise_calibration, write_report
+from training.reports import f1_scores, provenance, summarise_calibration, write_report
 from training.text_model import INPUT_NAMES, MODEL_NAME, SERVING_SIGNATURE, predict_probabilities, train_study_baseline
 from training.train_text import TextSplits, load_text_splits
 
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                "- baselines are trained on split == train and evaluated on the same val rows"
                if baselines else "- no split == train rows in the data folder: no baselines"],
         calibration=confidence,
+        provenance=provenance(root, [bundle])
     )
     print(f"report written to {args.report}")
     return 0

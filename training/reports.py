@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -191,6 +192,16 @@ def _class_table(classes: list[ClassScores]) -> list[str]:
     return lines
 
 
+def provenance(data_root: Path, bundles: Sequence) -> dict:
+    """What a figure was measured on: the bundles' versions, the data folder and its fingerprint
+    (`training.data.fingerprint`, as bundles record the data they were trained on), and when."""
+    from training.data import fingerprint
+
+    return {"evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "bundles": {bundle.name: bundle.version for bundle in bundles},
+            "data": {"path": str(data_root), "fingerprint": fingerprint(Path(data_root)), "split": "val"}}
+
+
 def write_report(
     report_dir: str | Path,
     title: str,
@@ -201,12 +212,14 @@ def write_report(
     baselines: Sequence[tuple[str, Sequence[int]]] = (),
     notes: Sequence[str] = (),
     calibration: CalibrationSummary | None = None,
+    provenance: dict | None = None,
 ) -> F1Scores:
     """Write report.md, confusion_matrix.png and metrics.json for one model and its baselines.
 
     `y_true`, `y_pred` and each baseline's predictions are product type codes on the same rows;
     `categories` lists every (code, name) to report, in table order. `notes` are free lines
-    (data split, bundle version...) printed under the title. Returns the model's scores.
+    (data split, bundle version...) printed under the title; `provenance` (`provenance()`: the
+    bundle versions and the data fingerprint) goes into metrics.json. Returns the model's scores.
     """
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -233,6 +246,7 @@ def write_report(
     (report_dir / REPORT_FILE).write_text(
         "\n".join(line for line in lines if line is not None), encoding="utf-8")
     metrics = {
+        **(provenance or {}),
         "model": model_name,
         "weighted_f1": model_scores.weighted,
         "macro_f1": model_scores.macro,
