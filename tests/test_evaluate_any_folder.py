@@ -85,6 +85,9 @@ def test_evaluation_runs_on_a_folder_without_a_train_split(val_only, evaluated, 
     assert metrics["calibration"]["temperature"] == calibration.get("temperature", 1.0)
     assert set(metrics["calibration"]["coverage"]) == groups
     assert 0 <= metrics["calibration"]["ece_after"] <= 1
+    # Which bundles and which data the figures are about (the fusion report names its encoders too).
+    assert metrics["bundles"][name] == read_bundle(models, name).version
+    assert metrics["data"] == {"path": str(val_only[1]), "fingerprint": fingerprint(val_only[1]), "split": "val"}
     report = root / "reports" / name
     assert (report / "reliability.png").stat().st_size > 0
     assert "## Confidence" in (report / "report.md").read_text()
@@ -115,7 +118,10 @@ def test_eval_e2e_through_the_gateway_flags_what_the_offline_evaluations_flag(va
     finally:
         for process in encoders.values():
             process.stop()
-    groups = json.loads((report / "metrics.json").read_text())["groups"]
+    e2e = json.loads((report / "metrics.json").read_text())
+    assert e2e["models"] == {name: read_bundle(models, name).version for name in ("text", "image", "fusion")}
+    assert e2e["data"]["fingerprint"] == fingerprint(data)
+    groups = e2e["groups"]
     assert groups["all"]["rows"] == ROWS
     offline = {"text only": evaluated["text"]["calibration"]["coverage"]["text only"],
                "image only": evaluated["image"]["calibration"]["coverage"]["image only"],
