@@ -21,6 +21,11 @@ INPUT_NAME = "token_ids"
 OUTPUT_NAME = "embedding"
 
 
+def gelu(x):
+    """Exact GELU through erf (Keras' own goes through erfc, which ONNX has no operator for)."""
+    return 0.5 * x * (1.0 + ops.erf(x * float(1 / np.sqrt(2.0))))
+
+
 class Q4Embedding(layers.Layer):
     """Embedding lookup from a Q4_0 table: gathers the rows' 4-bit blocks, then dequantises them."""
 
@@ -68,7 +73,7 @@ class E5Layer(layers.Layer):
         super().__init__(**kwargs)
         self.attention = SelfAttention(hidden, heads, name="attention")
         self.attention_norm = layers.LayerNormalization(epsilon=eps, name="aln")
-        self.ffn_in = layers.Dense(ffn, activation=lambda x: keras.activations.gelu(x, approximate=False), name="fi")
+        self.ffn_in = layers.Dense(ffn, activation=gelu, name="fi")
         self.ffn_out = layers.Dense(hidden, name="fo")
         self.output_norm = layers.LayerNormalization(epsilon=eps, name="oln")
 
