@@ -28,7 +28,7 @@ from gateway.backends import CallerError, StageOutcome, call_stage
 from gateway.fusion import ScoreVector, late_fusion
 from rakuten.v1 import (classifier_pb2, common_pb2, fusion_pb2, fusion_pb2_grpc, image_pb2, image_pb2_grpc,
                         text_pb2, text_pb2_grpc)
-from text_service.validation import check_text_field
+from common.validation import check_text_field
 
 TEXT, IMAGE, FUSION = "text", "image", "fusion"
 _STAGE_FIELD = re.compile(r"^(texts|images|inputs)\[(\d+)\](\.\w+)?")
