@@ -42,18 +42,12 @@ def to_status(error: ServiceError) -> grpc.Status:
 
 
 @dataclass(frozen=True)
-class FieldViolation:
-    field: str
-    description: str
-
-
-@dataclass(frozen=True)
 class RpcErrorDetails:
     """What a failed call's status says: its code and message, and its structured details."""
 
     code: grpc.StatusCode
     message: str
-    field_violations: tuple[FieldViolation, ...] = ()
+    field_violations: tuple[error_details_pb2.BadRequest.FieldViolation, ...] = ()
     reason: str | None = None  # ErrorInfo.reason, when its domain is ours
 
     @classmethod
@@ -67,7 +61,7 @@ class RpcErrorDetails:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad_request = error_details_pb2.BadRequest()
                 detail.Unpack(bad_request)
-                violations += [FieldViolation(v.field, v.description) for v in bad_request.field_violations]
+                violations += bad_request.field_violations
             elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)

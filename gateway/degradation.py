@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from gateway.fusion import ScoreVector, late_fusion
 from rakuten.v1 import common_pb2
@@ -43,8 +44,7 @@ class FusionPolicy:
     late_review_threshold: float = 0.0  # late fusion's answers below it need review (fusion bundle's)
 
 
-@dataclass(frozen=True)
-class Scored:
+class Scored(NamedTuple):
     """A model's scores for a product, with that model's review threshold."""
 
     scores: ScoreVector

@@ -5,8 +5,9 @@ import asyncio
 
 import grpc
 import pytest
+from google.rpc.error_details_pb2 import BadRequest
 
-from common.error_details import FieldViolation, RpcErrorDetails, field_item
+from common.error_details import RpcErrorDetails, field_item
 from common.errors import InvalidInput, QueueFull, ServiceError, TooLarge
 from common.server import start_server
 from common.settings import ServiceSettings
@@ -39,7 +40,7 @@ class Refusing(text_pb2_grpc.TextEncoderServicer):
 
 
 @pytest.mark.parametrize("name, code, violations, reason", [
-    ("field", grpc.StatusCode.INVALID_ARGUMENT, (FieldViolation("texts[2].designation", "rejected"),), None),
+    ("field", grpc.StatusCode.INVALID_ARGUMENT, (BadRequest.FieldViolation(field="texts[2].designation", description="rejected"),), None),
     ("queue", grpc.StatusCode.RESOURCE_EXHAUSTED, (), "QUEUE_FULL"),
     ("plain", grpc.StatusCode.RESOURCE_EXHAUSTED, (), None),
     ("bug", grpc.StatusCode.INTERNAL, (), None),
