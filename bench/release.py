@@ -14,6 +14,9 @@ noisy, shared machine:
   (2) through each release's gateway (four services each, on free ports): the traffic mix at
       concurrency 32 (capacity), and a text-only product at concurrency 1 (the lone-call latency).
   (3) memory: each service's proportional set size (PSS, psutil) after the load.
+  (4) answers: every `split == val` product of the data folder through both gateways
+      (ClassifyBatch): how often the top class is the same, and each release's weighted F1, so
+      that a speed change that changed answers shows.
 
 It prints the ratios the release is judged on, with their targets, and writes
 bench/results/release.json (`make soak` reads this release's capacity from it).
@@ -33,9 +36,11 @@ from pathlib import Path
 
 from bench.load import LoadResult
 from bench.loadtest import RESULTS, Driver, machine, write_json
+from gateway.client import ClassifierClient, Product
 from bench.stack import SERVICES, ServiceStack
 from bench.traffic import Traffic, load_traffic, parse_mix
-from training.data import PROJECT_ROOT, data_dir
+from training.data import PROJECT_ROOT, data_dir, load_products
+from training.reports import f1_scores
 
 TARGETS = {
     "capacity": 3.0,            # answers/s at concurrency 32, this / baseline
@@ -44,6 +49,7 @@ TARGETS = {
     "text_path": 6.0,           # in process, products/s at batch 8, this / baseline
     "image_path": 3.0,
     "pss_gib": 1.2,             # the four services together, after warm-up and load
+    "same_top_class": 0.995,    # share of val products answered with the baseline's top class
 }
 
 # Run in each release's own process and checkout: only what both releases have
@@ -195,6 +201,23 @@ async def through_gateway(stacks: dict[str, ServiceStack], runs: list[tuple[str,
     return results
 
 
+def val_products(data: Path) -> tuple[list[Product], list[int]]:
+    """Every split == val product as it is in the data (text, image or both) and its label."""
+    frame = load_products(data)
+    frame = frame[frame["split"] == "val"].reset_index(drop=True)
+    products = [Product(row.designation if row.has_text else "", row.description if row.has_text else "",
+                        Path(row.image_path).read_bytes() if row.has_image else b"", id=str(row.index))
+                for row in frame.itertuples()]
+    return products, [int(code) for code in frame["prdtypecode"]]
+
+
+def top_classes(address: str, products: list[Product], batch: int = 16) -> list[int]:
+    """The top class of each product through a gateway, in order."""
+    with ClassifierClient(address, timeout=120) as client:
+        return [answer.categories[0].code for i in range(0, len(products), batch)
+                for answer in client.classify_batch(products[i:i + batch], top_k=1)]
+
+
 def mix_products_per_s(paths: dict[str, dict[int, float]], traffic: Traffic) -> float:
     """In-process products/s on the traffic's mix, each model at its best measured batch size,
     taking turns (as `make bench` defines serving efficiency)."""
@@ -255,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
                                                        ("text only, concurrency 1", text_only, 1)], args))
         time.sleep(1.0)
         pss = {name: stack.pss() for name, stack in stacks.items()}
+        print("(4) every split == val product through both gateways", flush=True)
+        val, truth = val_products(data)
+        answers = {name: top_classes(stack.address, val) for name, stack in stacks.items()}
     finally:
         for stack in stacks.values():
             stack.stop()
@@ -265,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     text_p50_ms = gateway["this"]["text only, concurrency 1"].percentile(50) * 1000
     pss_total = {name: sum(v or 0 for v in values.values()) for name, values in pss.items()}
     ratio = {path: paths["this"][path][8] / paths["baseline"][path][8] for path in ("text", "image", "fusion")}
+    same = sum(a == b for a, b in zip(answers["baseline"], answers["this"])) / len(val)
+    f1 = {name: f1_scores(truth, answers[name], sorted(set(truth))) for name in answers}
 
     print()
     print(f"{'memory (PSS, MiB)':<18}" + "".join(f"{module:>16}" for module in SERVICES) + f"{'total':>10}")
@@ -278,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"in process, the traffic mix (best batch, taking turns): baseline {in_process_mix['baseline']:.1f}/s, "
           f"this {in_process_mix['this']:.1f}/s")
     print(f"gateway at concurrency 32, the mix: baseline {capacity['baseline']:.1f}/s, this {capacity['this']:.1f}/s")
+    print(f"{len(val)} val products through the gateways: weighted F1 baseline {f1['baseline'].weighted:.4f}, "
+          f"this {f1['this'].weighted:.4f} ({(f1['this'].weighted - f1['baseline'].weighted) * 100:+.2f} points)")
     print()
     lines = [
         check("capacity at concurrency 32, this / baseline", capacity["this"] / capacity["baseline"], TARGETS["capacity"]),
@@ -286,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         check("in process text path at batch 8, this / baseline", ratio["text"], TARGETS["text_path"]),
         check("in process image path at batch 8, this / baseline", ratio["image"], TARGETS["image_path"]),
         check("memory of the four services, PSS (this)", pss_total["this"] / 2**30, TARGETS["pss_gib"], False, " GiB"),
+        check("val products with the baseline's top class", same, TARGETS["same_top_class"]),
     ]
     print("\n".join(lines))
     path = write_json("release.json", {
@@ -294,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         "in_process_mix_products_per_s": in_process_mix,
         "gateway": {name: {label: run.summary() for label, run in runs.items()} for name, runs in gateway.items()},
         "capacity_per_s": capacity["this"], "baseline_capacity_per_s": capacity["baseline"],
-        "serving_efficiency": efficiency, "text_only_p50_ms": text_p50_ms, "pss_bytes": pss, "checks": lines})
+        "serving_efficiency": efficiency, "text_only_p50_ms": text_p50_ms, "pss_bytes": pss,
+        "val_same_top_class": same, "val_weighted_f1": {name: scores.weighted for name, scores in f1.items()},
+        "checks": lines})
     print(f"\nwrote {path}")
     return 0
 

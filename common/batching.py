@@ -7,7 +7,7 @@ batch waits only for items known to be on their way: calls announce them (`expec
 they prepare them (text pipeline, image decoding); with none announced, waiting could not fill
 the batch, so it runs at once and a lone call pays no delay. A call with more items than
 `max_batch_size` is split over several batches. A full queue refuses new items with
-RESOURCE_EXHAUSTED instead of letting latency grow without bound.
+RESOURCE_EXHAUSTED (ErrorInfo reason QUEUE_FULL) instead of letting latency grow without bound.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from common import metrics
-from common.errors import NotReady, TooLarge
+from common.errors import NotReady, QueueFull
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -101,7 +101,7 @@ class DynamicBatcher(Generic[In, Out]):
         if self._worker is None:
             raise NotReady(f"{self.name}: batcher not started")
         if len(self._queue) + len(items) > self.max_queue_size:
-            raise TooLarge(
+            raise QueueFull(
                 f"{self.name}: queue full ({len(self._queue)} waiting, limit {self.max_queue_size}); retry later"
             )
         loop = asyncio.get_running_loop()

@@ -14,6 +14,10 @@ Two kinds of callers:
   instead of failing at once;
 - the *gateway*, calling the model services, must not wait: a stage that is down is degraded
   around at once, so it retries UNAVAILABLE and fails fast when there is nothing to connect to.
+
+A full batching queue is deliberately not UNAVAILABLE but RESOURCE_EXHAUSTED (ErrorInfo reason
+QUEUE_FULL, `common.errors.QueueFull`), which no policy here retries: resending at once would add
+load to a service that is already saturated; the gateway degrades around it instead.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """One server interceptor for every unary call: metrics, and exceptions mapped to gRPC status.
 
 Domain code raises `ServiceError` subclasses (InvalidInput, TooLarge, ...); the client sees that
-status with the message as details. Anything unexpected is logged with its traceback and becomes
+status with the message as details, and its field and reason as the rich error model's details
+(`common.error_details`). Anything unexpected is logged with its traceback and becomes
 INTERNAL with a short message, and the server keeps running. Streaming calls (health Watch,
 reflection) pass through untouched.
 """
@@ -15,6 +16,7 @@ import time
 import grpc
 
 from common import metrics
+from common.error_details import to_status
 from common.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,8 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
                 return await behavior(request, context)
             except ServiceError as error:
                 code = error.code
-                await context.abort(error.code, error.message)
+                status = to_status(error)
+                await context.abort(status.code, status.details, status.trailing_metadata)
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise

@@ -89,9 +89,9 @@ class BatchedModelService(Generic[In, Out]):
     def check_item_count(self, field: str, count: int) -> None:
         """An empty batch is a client mistake; an oversized one exceeds a limit."""
         if count == 0:
-            raise InvalidInput(f"{field}: empty batch, send at least one item")
+            raise InvalidInput.at(field, "empty batch, send at least one item")
         if count > self.settings.max_items_per_request:
-            raise TooLarge(f"{field}: {count} items, the limit is {self.settings.max_items_per_request} per call")
+            raise TooLarge.at(field, f"{count} items, the limit is {self.settings.max_items_per_request} per call")
 
 
 def served_version(outputs: Sequence[tuple[BundleInfo, object]]) -> common_pb2.ModelVersion:

@@ -27,10 +27,10 @@ class FusionServiceSettings(ModelServiceSettings):
 def embedding_array(field: str, values, expected: int) -> np.ndarray:
     """The embedding as float32, if it has the model's size and only finite values."""
     if len(values) != expected:
-        raise InvalidInput(f"{field}: {len(values)} values, the model expects {expected}")
+        raise InvalidInput.at(field, f"{len(values)} values, the model expects {expected}")
     array = np.asarray(values, dtype=np.float32)
     if not np.isfinite(array).all():
-        raise InvalidInput(f"{field}: holds NaN or infinite values")
+        raise InvalidInput.at(field, "holds NaN or infinite values")
     return array
 
 
@@ -55,8 +55,8 @@ class FusionService(BatchedModelService[tuple[np.ndarray, np.ndarray], np.ndarra
         response = fusion_pb2.FuseResponse()
         for i, (used, probabilities) in enumerate(outputs):
             if not np.isfinite(probabilities).all():  # finite inputs, e.g. 3e38, can still overflow float32
-                raise InvalidInput(f"inputs[{i}]: the model's scores overflow for these embedding values "
-                                   "(far outside what the encoders produce)")
+                raise InvalidInput.at(f"inputs[{i}]", "the model's scores overflow for these embedding values "
+                                      "(far outside what the encoders produce)")
             response.results.add().top_k.extend(answer_scores(probabilities, used, k))
         response.model.CopyFrom(served_version(outputs))
         response.review_threshold = served_review_threshold(outputs)

@@ -7,8 +7,9 @@ deadline; UNAVAILABLE (a pod restarting, a connection at its maximum age) is ret
 gRPC's retry policy in the channel's service config (`common.channels`), after a backoff, within
 the deadline; the gateway never waits for a backend that is down (no wait-for-ready): it
 degrades at once. INVALID_ARGUMENT and RESOURCE_EXHAUSTED are raised as
-`CallerError` (the pipeline passes back those that name one of the caller's items, such as an
-image with too many pixels); anything else makes the stage fail so the answer can degrade.
+`CallerError` with the status's structured details (the pipeline passes back those whose
+BadRequest names one of the caller's items, such as an image with too many pixels); anything
+else makes the stage fail so the answer can degrade.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Awaitable, Callable
 import grpc
 
 from common.channels import RetryPolicy, retrying_options
+from common.error_details import RpcErrorDetails
 from common.tls import ClientTLS, make_channel
 
 CLIENT_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -41,14 +43,18 @@ def open_channel(address: str, max_message_bytes: int, tls: ClientTLS | None = N
 
 class CallerError(Exception):
     """A stage refused the input (INVALID_ARGUMENT, RESOURCE_EXHAUSTED): the caller's request, or
-    (RESOURCE_EXHAUSTED naming no item) the stage's full queue."""
+    the stage's own condition (ErrorInfo QUEUE_FULL); `status` says which."""
 
     def __init__(self, stage: str, error: grpc.aio.AioRpcError, seconds: float):
         super().__init__(error.details())
         self.stage = stage
-        self.code = error.code()
+        self.status = RpcErrorDetails.of(error)
         self.seconds = seconds
-        self.details = error.details() or ""
+
+    @property
+    def failure(self) -> str:
+        """The stage's failure as people read it in a degraded answer."""
+        return f"{self.stage}: {self.status.code.name}: {self.status.message}"
 
 
 @dataclass

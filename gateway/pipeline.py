@@ -1,10 +1,13 @@
 """One classification call: text and image stages concurrently, then fusion, then the answers.
 
 The text stage gets the products with text, the image stage those with an image, each as one
-batched call under the caller's deadline. Products with both go to fusion. A stage that fails
-degrades the products that needed it to the other modality (marked, with the reason); when the
-fusion service fails, late fusion in the gateway answers (marked). Only a product that no
-modality can answer fails the call, with UNAVAILABLE naming the product and the reasons.
+batched call under the caller's deadline. Products with both go to fusion. What each product
+gets is answered by `gateway.degradation.decide`: a stage that fails degrades the products that
+needed it to the other modality (marked, with the reason); when the fusion service fails, late
+fusion in the gateway answers (marked). Only a product that no modality can answer fails the
+call, with UNAVAILABLE naming the product and the reasons. A stage's refusal is the caller's
+error only when its status details (BadRequest) name one of the caller's items, never by its
+message; a refusal naming none, such as a full queue (ErrorInfo QUEUE_FULL), degrades.
 `classify_each` is the same for a stream: each product gets its answer or its own error.
 Each answer `needs_review` when its top score is below the review threshold of the model that
 produced its scores: the text, image or fusion service's (they send their bundle's), or for late
@@ -14,24 +17,27 @@ fusion the gateway's `late_review_threshold` (recorded in the fusion bundle).
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import grpc
 
-from common.errors import DeadlineExceeded, InvalidInput, ServiceError, TooLarge, Unavailable
+from common.error_details import field_item
+from common.errors import DeadlineExceeded, InvalidInput, QueueFull, ServiceError, TooLarge, Unavailable
 from common.scores import needs_review
+from common.validation import check_text_field
 from gateway import metrics
 from gateway.backends import CallerError, StageOutcome, call_stage
-from gateway.fusion import ScoreVector, late_fusion
+from gateway.degradation import Answer, FusionPolicy, Scored, StageResult, decide
+from gateway.fusion import ScoreVector
 from rakuten.v1 import (classifier_pb2, common_pb2, fusion_pb2, fusion_pb2_grpc, image_pb2, image_pb2_grpc,
                         text_pb2, text_pb2_grpc)
-from text_service.validation import check_text_field
 
 TEXT, IMAGE, FUSION = "text", "image", "fusion"
-_STAGE_FIELD = re.compile(r"^(texts|images|inputs)\[(\d+)\](\.\w+)?")
+# The request field that holds a stage's items, and the product field an item's field stands for:
+# texts[i].designation is the product's designation, images[i].data its image.
+_STAGE_ITEMS = {TEXT: ("texts", lambda rest: rest), IMAGE: ("images", lambda rest: ".image")}
 
 
 @dataclass(frozen=True)
@@ -42,27 +48,11 @@ class Limits:
     max_image_bytes: int
 
 
-@dataclass(frozen=True)
-class FusionPolicy:
-    mode: str  # "head": the fusion service; "late": weighted average in the gateway
-    late_text_weight: float
-    late_review_threshold: float = 0.0  # late fusion's answers below it need review (fusion bundle's)
-
-
 @dataclass
 class Stubs:
     text: text_pb2_grpc.TextEncoderStub
     image: image_pb2_grpc.ImageEncoderStub
     fusion: fusion_pb2_grpc.FusionStub
-
-
-@dataclass
-class _Answer:
-    scores: ScoreVector | None = None
-    review_threshold: float = 0.0  # that of the model whose scores these are
-    modalities: list[int] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-    reason_labels: list[str] = field(default_factory=list)
 
 
 def batch_names(count: int) -> list[str]:
@@ -73,7 +63,7 @@ def batch_names(count: int) -> list[str]:
 @dataclass
 class _Answered:
     classification: classifier_pb2.Classification
-    answer: _Answer
+    answer: Answer
 
     def deliver(self) -> classifier_pb2.Classification:
         """The classification, counted in the metrics as it goes to the caller."""
@@ -84,19 +74,19 @@ class _Answered:
 def validate_product(name: str, product: classifier_pb2.Product, limits: Limits) -> None:
     """What the gateway can check of one product without a model, with messages naming `name`."""
     if not product.designation.strip() and not product.description.strip() and not product.image:
-        raise InvalidInput(f"{name}: designation, description and image are all empty")
+        raise InvalidInput.at(name, "designation, description and image are all empty")
     check_text_field(f"{name}.designation", product.designation, limits.max_designation_chars)
     check_text_field(f"{name}.description", product.description, limits.max_description_chars)
     if len(product.image) > limits.max_image_bytes:
-        raise TooLarge(f"{name}.image: {len(product.image)} bytes, the limit is {limits.max_image_bytes}")
+        raise TooLarge.at(f"{name}.image", f"{len(product.image)} bytes, the limit is {limits.max_image_bytes}")
 
 
 def validate(products: Sequence[classifier_pb2.Product], limits: Limits) -> None:
     """A batch's checks, with messages naming products[i]."""
     if not products:
-        raise InvalidInput("products: empty batch, send at least one product")
+        raise InvalidInput.at("products", "empty batch, send at least one product")
     if len(products) > limits.max_products:
-        raise TooLarge(f"products: {len(products)} products, the limit is {limits.max_products} per call")
+        raise TooLarge.at("products", f"{len(products)} products, the limit is {limits.max_products} per call")
     for index, (name, product) in enumerate(zip(batch_names(len(products)), products)):
         try:
             validate_product(name, product, limits)
@@ -109,33 +99,45 @@ def has_text(product: classifier_pb2.Product) -> bool:
     return bool(product.designation.strip() or product.description.strip())
 
 
-def _caller_error(error: CallerError, positions: list[int], names: Sequence[str]) -> InvalidInput | TooLarge | None:
-    """A stage's 'images[2].data: ...' becomes 'products[5].image: ...' (the product's name) for
-    the caller, with the stage's status and the product's position as its item. None for a RESOURCE_EXHAUSTED that names no item (the stage's queue is full):
-    that is the stage's trouble, and the answer degrades."""
-    too_large = error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    match = _STAGE_FIELD.match(error.details)
-    if not match:
-        return None if too_large else InvalidInput(f"{error.stage}: {error.details}")
-    product = positions[int(match.group(2))]
-    part = {"texts": "", "images": ".image", "inputs": ""}[match.group(1)]
-    if match.group(1) == "texts" and match.group(3):
-        part = match.group(3)
-    return (TooLarge if too_large else InvalidInput)(f"{names[product]}{part}{error.details[match.end():]}", product)
+def _caller_error(error: CallerError, positions: list[int], names: Sequence[str]) -> ServiceError | None:
+    """The caller's error when the stage's BadRequest names one of its items: `images[2].data`
+    becomes `products[5].image` (the product's name), with the stage's status and the product's
+    position as its item. None when the refusal is the stage's own trouble and the answer
+    degrades: a full queue (ErrorInfo QUEUE_FULL), or a RESOURCE_EXHAUSTED naming no item.
+    An INVALID_ARGUMENT naming no item fails the call. Decided on the details, never the message."""
+    status = error.status
+    if status.reason == QueueFull.reason:
+        return None
+    too_large = status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    collection, product_field = _STAGE_ITEMS[error.stage]
+    for violation in status.field_violations:
+        item = field_item(violation.field, collection)
+        if item is not None and item[0] < len(positions):
+            product = positions[item[0]]
+            return (TooLarge if too_large else InvalidInput).at(
+                names[product] + product_field(item[1]), violation.description, product)
+    return None if too_large else InvalidInput(f"{error.stage}: {status.message}")
 
 
-def count_answer(answer: _Answer, review: bool) -> None:
+def count_answer(answer: Answer, review: bool) -> None:
     """What was served, for the monitoring: the answer's modalities and top class, how sure it is,
     whether it needs review, and why it is degraded (gateway/metrics.py)."""
     modalities = "+".join(common_pb2.Modality.Name(m)[9:].lower() for m in answer.modalities)
-    code, probability = answer.scores.best()
-    metrics.know_codes(answer.scores.codes)
+    code, probability = answer.scored.scores.best()
+    metrics.know_codes(answer.scored.scores.codes)
     metrics.ANSWERS.labels(modalities, str(code)).inc()
     metrics.TOP_PROBABILITY.labels(modalities).observe(probability)
     if review:
         metrics.NEEDS_REVIEW.labels(modalities).inc()
-    for label in answer.reason_labels:
-        metrics.DEGRADED.labels(label).inc()
+    for degradation in answer.degradations:
+        metrics.DEGRADED.labels(degradation.reason.value).inc()
+
+
+def _stage_result(outcome: StageOutcome, needed: bool, results: dict, index: int) -> StageResult:
+    """What a stage gave the product at `index`: its scores, the stage's failure, or nothing."""
+    if index in results:
+        return StageResult(Scored(ScoreVector(results[index].top_k), outcome.response.review_threshold))
+    return StageResult(failure=outcome.failure) if needed else StageResult()
 
 
 class ClassificationPipeline:
@@ -155,7 +157,7 @@ class ClassificationPipeline:
             refusal = None if stage == FUSION else _caller_error(error, positions, names)
             if refusal is not None:
                 raise refusal from None
-            outcome = StageOutcome(stage, failure=f"{stage}: {error.code.name}: {error.details}", seconds=error.seconds)
+            outcome = StageOutcome(stage, failure=error.failure, seconds=error.seconds)
         metrics.STAGE_LATENCY.labels(stage).observe(outcome.seconds)
         return outcome
 
@@ -219,24 +221,14 @@ class ClassificationPipeline:
         texts = dict(zip(text_positions, text_outcome.response.results)) if text_outcome.ok else {}
         images = dict(zip(image_positions, image_outcome.response.results)) if image_outcome.ok else {}
 
-        answers = [_Answer() for _ in products]
         paired = [i for i in range(len(products)) if i in texts and i in images]
-        fusion_outcome = await self._fuse(paired, texts, images, answers, deadline)
-        for i, answer in enumerate(answers):
-            if answer.scores is not None:
-                continue
-            if i in texts:
-                answer.scores, answer.modalities = ScoreVector(texts[i].top_k), [common_pb2.MODALITY_TEXT]
-                answer.review_threshold = text_outcome.response.review_threshold
-            elif i in images:
-                answer.scores, answer.modalities = ScoreVector(images[i].top_k), [common_pb2.MODALITY_IMAGE]
-                answer.review_threshold = image_outcome.response.review_threshold
-            if i in text_positions and i not in texts:
-                answer.reasons.append(f"text unavailable ({text_outcome.failure})")
-                answer.reason_labels.append("text_failed")
-            if i in image_positions and i not in images:
-                answer.reasons.append(f"image unavailable ({image_outcome.failure})")
-                answer.reason_labels.append("image_failed")
+        fusion_outcome = await self._fuse(paired, texts, images, deadline)
+        fused = dict(zip(paired, fusion_outcome.response.results)) if fusion_outcome.ok else {}
+        fusion_needed = set(paired) if fusion_outcome.called else set()
+        answers = [decide(_stage_result(text_outcome, i in text_positions, texts, i),
+                          _stage_result(image_outcome, i in image_positions, images, i),
+                          _stage_result(fusion_outcome, i in fusion_needed, fused, i), self.policy)
+                   for i in range(len(products))]
         failed = [o for o in (text_outcome, image_outcome) if o.called and not o.ok]
         unanswerable = DeadlineExceeded if all(o.timed_out for o in failed) else Unavailable
 
@@ -248,39 +240,25 @@ class ClassificationPipeline:
         timings.append(common_pb2.StageTiming(stage="total", seconds=total))
         results = []
         for i, (product, answer) in enumerate(zip(products, answers)):
-            if answer.scores is None:
-                results.append(unanswerable(f"{names[i]}: no modality could answer: {', '.join(answer.reasons)}", i))
+            if answer.scored is None:
+                reasons = ", ".join(str(d) for d in answer.degradations)
+                results.append(unanswerable(f"{names[i]}: no modality could answer: {reasons}", i))
                 continue
+            scores = answer.scored.scores
             results.append(_Answered(classifier_pb2.Classification(
-                needs_review=bool(needs_review(float(answer.scores.values.max()), answer.review_threshold)),
-                id=product.id, top_k=answer.scores.top_k(top_ks[i]), modalities=answer.modalities,
-                degraded=bool(answer.reasons), degraded_reason="; ".join(answer.reasons),
+                needs_review=bool(needs_review(float(scores.values.max()), answer.scored.review_threshold)),
+                id=product.id, top_k=scores.top_k(top_ks[i]), modalities=answer.modalities,
+                degraded=bool(answer.degradations), degraded_reason=answer.degraded_reason,
                 language=texts[i].language if i in texts else "", models=models, timings=timings),
                 answer))
         return results
 
-    async def _fuse(self, paired: list[int], texts, images, answers: list[_Answer], deadline: float) -> StageOutcome:
-        """Fuse the products that have both embeddings; fall back to late fusion if the service fails."""
-        both = [common_pb2.MODALITY_TEXT, common_pb2.MODALITY_IMAGE]
-        if not paired:
+    async def _fuse(self, paired: list[int], texts, images, deadline: float) -> StageOutcome:
+        """The fusion service on the products that have both embeddings (in "head" mode); not
+        called otherwise (late fusion in `decide`)."""
+        if not paired or self.policy.mode != "head":
             return StageOutcome(FUSION)
-        outcome = StageOutcome(FUSION)
-        if self.policy.mode == "head":
-            request = fusion_pb2.FuseRequest(all_classes=True, inputs=[
-                fusion_pb2.FusionInput(text_embedding=texts[i].embedding, image_embedding=images[i].embedding)
-                for i in paired])
-            outcome = await self._stage(FUSION, self.stubs.fusion.Fuse, request, paired, deadline)
-            if outcome.ok:
-                for i, result in zip(paired, outcome.response.results):
-                    answers[i].scores, answers[i].modalities = ScoreVector(result.top_k), both
-                    answers[i].review_threshold = outcome.response.review_threshold
-                return outcome
-        for i in paired:
-            answers[i].scores = late_fusion(ScoreVector(texts[i].top_k), ScoreVector(images[i].top_k),
-                                            self.policy.late_text_weight)
-            answers[i].modalities = both
-            answers[i].review_threshold = self.policy.late_review_threshold
-            if self.policy.mode == "head":
-                answers[i].reasons.append(f"fusion unavailable, late fusion used ({outcome.failure})")
-                answers[i].reason_labels.append("fusion_failed")
-        return outcome
+        request = fusion_pb2.FuseRequest(all_classes=True, inputs=[
+            fusion_pb2.FusionInput(text_embedding=texts[i].embedding, image_embedding=images[i].embedding)
+            for i in paired])
+        return await self._stage(FUSION, self.stubs.fusion.Fuse, request, paired, deadline)

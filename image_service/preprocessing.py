@@ -112,14 +112,14 @@ def looks_like_text(data: bytes) -> bool:
 def _unidentified(data: bytes, field: str) -> InvalidInput:
     announced = sniff_format(data)
     if announced:
-        return InvalidInput(f"{field}: truncated or corrupt {announced} data, its header cannot be read")
+        return InvalidInput.at(field, f"truncated or corrupt {announced} data, its header cannot be read")
     if looks_like_text(data):
-        return InvalidInput(f"{field}: looks like text or HTML, not a {ACCEPTED_NAMES} image")
-    return InvalidInput(f"{field}: not a {ACCEPTED_NAMES} image (first bytes {data[:8].hex()})")
+        return InvalidInput.at(field, f"looks like text or HTML, not a {ACCEPTED_NAMES} image")
+    return InvalidInput.at(field, f"not a {ACCEPTED_NAMES} image (first bytes {data[:8].hex()})")
 
 
 def _too_many_pixels(field: str, limits: ImageLimits, width: int, height: int) -> TooLarge:
-    return TooLarge(f"{field}: image is {width}x{height} pixels ({width * height:,}), "
+    return TooLarge.at(field, f"image is {width}x{height} pixels ({width * height:,}), "
                     f"the limit is {limits.max_pixels:,} pixels")
 
 
@@ -127,16 +127,16 @@ def _bomb(field: str, limits: ImageLimits, exc: Exception) -> TooLarge:
     """Pillow's guard fired before the size was known to us; its message holds the pixel count."""
     found = re.search(r"\((\d+) pixels\)", str(exc))
     detail = f"{int(found[1]):,} pixels" if found else "too large to decode"
-    return TooLarge(f"{field}: image is {detail}, the limit is {limits.max_pixels:,} pixels "
+    return TooLarge.at(field, f"image is {detail}, the limit is {limits.max_pixels:,} pixels "
                     "(Pillow's decompression-bomb guard)")
 
 
 def open_image(data: bytes, field: str, limits: ImageLimits) -> ImageFile.ImageFile:
     """Read the header only and check bytes, format and dimensions; no pixel is decoded yet."""
     if not data:
-        raise InvalidInput(f"{field}: empty, expected an encoded {ACCEPTED_NAMES} image")
+        raise InvalidInput.at(field, f"empty, expected an encoded {ACCEPTED_NAMES} image")
     if len(data) > limits.max_bytes:
-        raise TooLarge(f"{field}: encoded image is {len(data):,} bytes, the limit is {limits.max_bytes:,} bytes")
+        raise TooLarge.at(field, f"encoded image is {len(data):,} bytes, the limit is {limits.max_bytes:,} bytes")
     try:
         image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -144,12 +144,12 @@ def open_image(data: bytes, field: str, limits: ImageLimits) -> ImageFile.ImageF
     except _DECODE_ERRORS as exc:
         raise _unidentified(data, field) from exc
     if image.format not in ACCEPTED_FORMATS:
-        raise InvalidInput(f"{field}: {image.format} images are not accepted, expected {ACCEPTED_NAMES}")
+        raise InvalidInput.at(field, f"{image.format} images are not accepted, expected {ACCEPTED_NAMES}")
     width, height = image.size
     if width * height > limits.max_pixels:
         raise _too_many_pixels(field, limits, width, height)
     if min(width, height) < limits.min_side:
-        raise InvalidInput(f"{field}: image is {width}x{height} pixels, "
+        raise InvalidInput.at(field, f"image is {width}x{height} pixels, "
                            f"the minimum is {limits.min_side}x{limits.min_side}")
     return image
 
@@ -212,7 +212,7 @@ def decode_image(data: bytes, field: str, limits: ImageLimits = DEFAULT_LIMITS,
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _bomb(field, limits, exc) from exc
     except _DECODE_ERRORS as exc:
-        raise InvalidInput(f"{field}: truncated or corrupt {image.format} data ({exc})") from exc
+        raise InvalidInput.at(field, f"truncated or corrupt {image.format} data ({exc})") from exc
     apply_exif_orientation(image)
     return to_rgb(image)
 

@@ -7,6 +7,7 @@ import time
 import grpc
 import pytest
 
+from common.errors import InvalidInput, QueueFull, TooLarge
 from common.server import start_server
 from gateway.server import Gateway, GatewaySettings
 from rakuten.v1 import (classifier_pb2, classifier_pb2_grpc, common_pb2, fusion_pb2, fusion_pb2_grpc, image_pb2,
@@ -22,11 +23,14 @@ def scores(best: int) -> list[common_pb2.ClassScore]:
 
 
 class Behaviour:
-    """What a fake backend does next: answer, fail with a status, or stall."""
+    """What a fake backend does next: answer, fail with a status, refuse with a full queue, or
+    stall; `reword` rewrites the message of its refusals (their structured details stay)."""
 
     def __init__(self):
         self.fail: grpc.StatusCode | None = None
         self.fail_times = 10**9
+        self.queue_full = False
+        self.reword = None
         self.delay_s = 0.0
         self.calls = 0
 
@@ -37,6 +41,14 @@ class Behaviour:
         if self.fail is not None and self.fail_times > 0:
             self.fail_times -= 1
             await context.abort(self.fail, "injected failure")
+        if self.queue_full:
+            self.refuse(QueueFull("queue full (8 waiting, limit 8); retry later"))
+
+    def refuse(self, error):
+        """Raise a refusal through the serving kit, as the real services do."""
+        if self.reword is not None:
+            error.message = self.reword(error.message)
+        raise error
 
 
 class FakeText(text_pb2_grpc.TextEncoderServicer):
@@ -47,7 +59,7 @@ class FakeText(text_pb2_grpc.TextEncoderServicer):
         await self.behaviour.apply(context)
         for i, t in enumerate(request.texts):
             if t.designation == "invalid":
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"texts[{i}].designation: rejected by the model")
+                self.behaviour.refuse(InvalidInput.at(f"texts[{i}].designation", "rejected by the model"))
         return text_pb2.EncodeTextResponse(
             results=[text_pb2.TextEncoding(embedding=[1.0, 2.0], top_k=scores(2583), language="fr")
                      for _ in request.texts],
@@ -62,9 +74,9 @@ class FakeImage(image_pb2_grpc.ImageEncoderServicer):
         await self.behaviour.apply(context)
         for i, image in enumerate(request.images):
             if image.data == b"not an image":
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"images[{i}].data: not a JPEG, PNG, WebP or GIF image")
+                self.behaviour.refuse(InvalidInput.at(f"images[{i}].data", "not a JPEG, PNG, WebP or GIF image"))
             if image.data == b"too many pixels":
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"images[{i}].data: 25000000 pixels, the limit is 40000000")
+                self.behaviour.refuse(TooLarge.at(f"images[{i}].data", "25000000 pixels, the limit is 40000000"))
         return image_pb2.EncodeImageResponse(
             results=[image_pb2.ImageEncoding(embedding=[3.0], top_k=scores(2705)) for _ in request.images],
             model=common_pb2.ModelVersion(name="image", version=2), review_threshold=0.5)
@@ -262,6 +274,39 @@ def test_a_full_image_queue_degrades_to_text(system):
     system.behaviours["image"].fail = grpc.StatusCode.RESOURCE_EXHAUSTED
     answer = classify(system, designation="Piscine", image=b"jpeg")
     assert answer.degraded and "image unavailable" in answer.degraded_reason and list(answer.modalities) == [TEXT]
+
+
+def test_a_full_queue_degrades_on_its_error_info_not_on_its_message(system):
+    # ErrorInfo QUEUE_FULL, whatever the message, even one that reads like a refused item
+    system.behaviours["image"].queue_full = True
+    system.behaviours["image"].reword = lambda message: "images[0].data: 25000000 pixels, the limit is 40000000"
+    answer = classify(system, designation="Piscine", image=b"jpeg")
+    assert answer.degraded and "image unavailable" in answer.degraded_reason and list(answer.modalities) == [TEXT]
+    assert "QUEUE_FULL" not in answer.degraded_reason and "RESOURCE_EXHAUSTED" in answer.degraded_reason
+
+
+REWORDINGS = {
+    "as sent": None,
+    "reworded": lambda message: "Das Bild ist zu groß.",
+    "naming another field": lambda message: "texts[7].description: the queue is full",
+    "empty": lambda message: "",
+}
+
+
+@pytest.mark.parametrize("reword", REWORDINGS.values(), ids=REWORDINGS.keys())
+def test_the_gateway_decides_on_a_stages_error_details_not_its_message(system, reword):
+    system.behaviours["image"].reword = system.behaviours["text"].reword = reword
+    with pytest.raises(grpc.RpcError) as caught:  # the caller's image: the call fails, naming it
+        classify(system, designation="Piscine", image=b"too many pixels")
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert caught.value.details() == "products[0].image: 25000000 pixels, the limit is 40000000"
+    with pytest.raises(grpc.RpcError) as caught:
+        classify(system, designation="invalid")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "products[0].designation: rejected by the model"
+    system.behaviours["image"].queue_full = True  # the stage's load: the answer degrades
+    answer = classify(system, designation="Piscine", image=b"jpeg")
+    assert answer.degraded and list(answer.modalities) == [TEXT]
 
 
 def test_an_image_too_large_for_the_image_service_is_the_callers_error(system):

@@ -16,7 +16,7 @@ from rakuten.v1 import text_pb2, text_pb2_grpc
 from text_service.language import DEFAULT_DETECTOR, LanguageDetector, load_detector
 from text_service.model import TextModel, TextPrediction
 from text_service.preprocessing import PreprocessedText, preprocess
-from text_service.validation import check_product_text
+from common.validation import check_product_text
 
 SERVICE_NAME = text_pb2.DESCRIPTOR.services_by_name["TextEncoder"].full_name
 

@@ -1,4 +1,5 @@
-"""Checks on incoming text before it reaches the pipeline; messages name the offending field."""
+"""Checks on incoming product text, shared by the text service and the gateway (which checks
+before any stage is called); each error names the offending field."""
 
 from __future__ import annotations
 
@@ -15,16 +16,16 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 def check_text_field(field: str, value: str, max_chars: int) -> None:
     if len(value) > max_chars:
-        raise TooLarge(f"{field}: {len(value)} characters, the limit is {max_chars}")
+        raise TooLarge.at(field, f"{len(value)} characters, the limit is {max_chars}")
     control = _CONTROL.search(value)
     if control:
-        raise InvalidInput(f"{field}: control character U+{ord(control.group()):04X} at position {control.start()}")
+        raise InvalidInput.at(field, f"control character U+{ord(control.group()):04X} at position {control.start()}")
 
 
 def check_product_text(field: str, designation: str, description: str,
                        max_designation_chars: int, max_description_chars: int) -> None:
     """A product's text must not be empty (at least one field), too long or hold control characters."""
     if not designation.strip() and not description.strip():
-        raise InvalidInput(f"{field}: designation and description are both empty")
+        raise InvalidInput.at(field, "designation and description are both empty")
     check_text_field(f"{field}.designation", designation, max_designation_chars)
     check_text_field(f"{field}.description", description, max_description_chars)
