@@ -200,3 +200,9 @@ bench-gpu: $(GENERATED) ## image_service in process at batch 1/8/32/128 on the n
 
 bench-memory: $(GENERATED) ## memory (PSS) of each model service after warm-up, per runtime
 	$(PY) -m bench.memory --models $(MODELS)
+
+# Image backbone choice: EfficientNet-Lite0/1/2 x test-time views, val F1 of quick heads and ONNX ms/image.
+.PHONY: bench-backbones
+
+bench-backbones: $(GENERATED) ## backbone x test-time views: quick-head val F1 and ONNX ms/image at batch 8, one run
+	$(PY) -m bench.backbones --data $(RAKUTEN_DATA)

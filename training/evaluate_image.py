@@ -32,6 +32,7 @@ from training.image_model import (
     TTA_NONE,
     FeatureCache,
     View,
+    bundle_backbone,
     combine_tta,
     image_products,
     predict_bundle,
@@ -40,7 +41,7 @@ from training.image_model import (
 from training.reports import f1_scores, write_report
 
 CACHE_DIR = PROJECT_ROOT / ".cache"
-BASELINE = "linear probe (LogisticRegression on frozen EfficientNet-Lite0 features)"
+BASELINE = "linear probe (LogisticRegression on the same frozen backbone's features)"
 
 
 def linear_probe_predictions(train_features: np.ndarray, train_codes: np.ndarray,
@@ -75,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     products = image_products(root)
     train = products[products["split"] == "train"]
     val = products[products["split"] == "val"]
+    backbone = bundle_backbone(bundle.metadata)
     cache = FeatureCache(fingerprint(root), dict(zip(products["index"], products["image_path"])),
-                         args.cache_dir)
+                         args.cache_dir, backbone=backbone)
 
     # The served model: prepare_path -> backbone -> [test-time views] -> serving_default.
     tta = bundle.metadata.get("test_time_augmentation", TTA_NONE)
