@@ -102,6 +102,18 @@ def variant(name: str | Variant) -> Variant:
         raise ValueError(f"unknown backbone {name!r}; known: {sorted(VARIANTS)}") from None
 
 
+def named_backbone(spec: dict) -> Variant:
+    """The variant a bundle's metadata `backbone` entry names, at its size; ValueError otherwise."""
+    name = spec.get("name")
+    if name not in VARIANTS:
+        raise ValueError(f"the bundle needs backbone {name!r}, this service runs {sorted(VARIANTS)}")
+    backbone = VARIANTS[name]
+    if spec.get("input_size", backbone.input_size) != backbone.input_size:
+        raise ValueError(f"the bundle needs {name} at {spec['input_size']} px, this service runs it at "
+                         f"{backbone.input_size} px")
+    return backbone
+
+
 def same_padding(size: int, kernel_size: int, stride: int) -> tuple[int, int]:
     """(before, after) so that the output is ceil(size / stride); odd totals put the extra after."""
     output = -(-size // stride)

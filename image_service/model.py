@@ -23,7 +23,7 @@ import numpy as np
 
 from common.model_bundle import BundleInfo
 from common.runtime import ONNX, ONNX_FILE, Runner, RuntimeConfig
-from image_service.architecture import FEATURE_DIM, VARIANTS, Variant
+from image_service.architecture import FEATURE_DIM, Variant, named_backbone
 from image_service.preprocessing import MEAN, STD
 from image_service.views import apply_views, check_tta
 
@@ -38,16 +38,10 @@ class ImagePrediction:
 
 def served_backbone(bundle: BundleInfo) -> Variant:
     """The backbone variant the bundle's metadata asks for; ValueError if this service has none such."""
-    spec = bundle.metadata.get("backbone", {})
-    name = spec.get("name")
-    if name not in VARIANTS:
-        raise ValueError(f"{bundle.path}: the bundle needs backbone {name!r}, this service runs "
-                         f"{sorted(VARIANTS)}")
-    backbone = VARIANTS[name]
-    if spec.get("input_size", backbone.input_size) != backbone.input_size:
-        raise ValueError(f"{bundle.path}: the bundle needs {name} at {spec['input_size']} px, "
-                         f"this service runs it at {backbone.input_size} px")
-    return backbone
+    try:
+        return named_backbone(bundle.metadata.get("backbone", {}))
+    except ValueError as exc:
+        raise ValueError(f"{bundle.path}: {exc}") from None
 
 
 def served_views(bundle: BundleInfo) -> list[str]:

@@ -51,7 +51,8 @@ from common.saved_model import SERVING_SIGNATURE
 from image_service import backbone as backbone_module
 from image_service import preprocessing
 from image_service import views as views_module
-from image_service.architecture import Variant, variant
+from image_service import architecture
+from image_service.architecture import Variant, named_backbone, variant
 from image_service.backbone import FEATURE_DIM, build_backbone
 from image_service.preprocessing import KEEP, MEAN, STD, normalize, prepare_path
 from image_service.views import TTA_MODES, TTA_NONE, check_tta
@@ -240,7 +241,7 @@ def backbone_cache_key(backbone: str | Variant = DEFAULT_BACKBONE) -> str:
     """Changes with the backbone (variant, source, weights package version) or the preprocessing source."""
     spec = variant(backbone)
     digest = hashlib.sha256()
-    for module in (backbone_module, preprocessing, views_module):
+    for module in (architecture, backbone_module, preprocessing, views_module):
         digest.update(inspect.getsource(module).encode())
     digest.update(f"{spec}{spec.package}=={importlib.metadata.version(spec.package)}".encode())
     return digest.hexdigest()[:16]
@@ -357,12 +358,8 @@ TTA_FLIP = TTA_MODES["flip"]
 
 
 def bundle_backbone(metadata: dict) -> Variant:
-    """The backbone a bundle's head reads (metadata `backbone.name`, at its `input_size`)."""
-    spec = variant(metadata.get("backbone", {}).get("name", "efficientnet-lite0"))
-    size = metadata.get("backbone", {}).get("input_size", spec.input_size)
-    if size != spec.input_size:
-        raise ValueError(f"backbone {spec.name} runs at {spec.input_size} px, the bundle asks for {size}")
-    return spec
+    """The backbone a bundle's head reads (metadata `backbone`: name, input size), as the service reads it."""
+    return named_backbone(metadata.get("backbone", {}))
 
 
 def tta_views(tta: dict) -> list[View]:
