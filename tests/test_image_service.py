@@ -134,7 +134,7 @@ def test_tf_serving_predict_and_metadata(service):
     stub = prediction_service_pb2_grpc.PredictionServiceStub(service.channel)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "image"
-    request.inputs["image"].CopyFrom(tf.make_tensor_proto(np.full((2, 240, 240, 3), 255, np.uint8)))
+    request.inputs["image"].CopyFrom(tf.make_tensor_proto(np.full((2, 224, 224, 3), 255, np.uint8)))
     response = stub.Predict(request, timeout=180)  # the first TF Serving call loads TensorFlow
     probabilities = tf.make_ndarray(response.outputs["probabilities"])
     assert probabilities.shape == (2, len(LABELS))
@@ -148,7 +148,7 @@ def test_tf_serving_predict_and_metadata(service):
     metadata.metadata["signature_def"].Unpack(signatures)
     image_input = signatures.signature_def["serving_default"].inputs["image"]
     assert image_input.dtype == tf.uint8.as_datatype_enum
-    assert [d.size for d in image_input.tensor_shape.dim] == [-1, 240, 240, 3]
+    assert [d.size for d in image_input.tensor_shape.dim] == [-1, 224, 224, 3]
 
     request.inputs["image"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 10, 10, 3), np.uint8)))
     with pytest.raises(grpc.RpcError) as caught:
