@@ -5,8 +5,9 @@
 The input is the challenge's layout: `index,designation,description,productid,imageid` (the
 index column may be unnamed), images in `--images` named `image_<imageid>_product_<productid>.jpg`
 (no such file: a text-only product). The output has one line per input row,
-`index,prdtypecode,score,needs_review,modalities,degraded,error`, appended and flushed as each
-answer comes and fsynced on exit. Run the same command again after an interruption (Ctrl-C, a
+`index,prdtypecode,score,needs_review,modalities,degraded,error` (`needs_review`: the answer's own
+flag, its top score below the review threshold of the model that produced it), appended and
+flushed as each answer comes and fsynced on exit. Run the same command again after an interruption (Ctrl-C, a
 gateway killed): rows already in the output are skipped; a truncated last line (a crash in the
 middle of a write) is cut off and its row classified again; no row is written twice. A row the
 gateway refused (bad input, no modality could answer) is written with its error and counts as done.
@@ -97,8 +98,7 @@ def written_indices(out: Path) -> set[str]:
 class PredictionWriter:
     """Appends one line per answer and flushes it, so an interruption loses no written answer."""
 
-    def __init__(self, out: Path, review_threshold: float | None):
-        self.review_threshold = review_threshold
+    def __init__(self, out: Path):
         self._file = out.open("a", newline="", encoding="utf-8")
         self._csv = csv.writer(self._file, lineterminator="\n")
 
@@ -108,8 +108,8 @@ class PredictionWriter:
             self._csv.writerow([result.id, "", "", "", "", "", f"{result.error_code}: {message}"])
         else:
             best = result.answer.categories[0]
-            review = "" if self.review_threshold is None else str(best.score < self.review_threshold).lower()
-            self._csv.writerow([result.id, best.code, f"{best.score:.4f}", review, "+".join(result.answer.modalities),
+            self._csv.writerow([result.id, best.code, f"{best.score:.4f}", str(result.answer.needs_review).lower(),
+                                "+".join(result.answer.modalities),
                                 str(result.answer.degraded).lower(), ""])
         self._file.flush()
 
@@ -125,21 +125,12 @@ def products(rows: list[Row]) -> Iterator[Product]:
         yield Product(row.designation, row.description, row.image.read_bytes() if row.image else b"", id=row.index)
 
 
-def review_threshold(value: str) -> float:
-    threshold = float(value)
-    if not 0 < threshold <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return threshold
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.client classify-file",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("input", type=Path, help="CSV: index,designation,description,productid,imageid")
     parser.add_argument("--images", type=Path, help="folder of image_<imageid>_product_<productid>.jpg")
     parser.add_argument("--out", type=Path, required=True, help="predictions CSV, created or resumed")
-    parser.add_argument("--review-threshold", type=review_threshold,
-                        help="needs_review is true when the best score is below it (default: off, column empty)")
     parser.add_argument("--timeout", type=float, help="deadline of the whole stream in seconds (default: none; "
                         "each group of products has the gateway's own)")
     add_connection_arguments(parser)
@@ -158,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"all {len(rows)} rows are already in {args.out}", file=sys.stderr)
         return 0
     expected = {row.index for row in todo}
-    writer = PredictionWriter(args.out, args.review_threshold)
+    writer = PredictionWriter(args.out)
     bar = tqdm(total=len(rows), initial=len(rows) - len(todo), unit="row", desc="classify", file=sys.stderr)
     started, written, errors, degraded, status = time.monotonic(), 0, 0, 0, 0
     try:

@@ -71,21 +71,22 @@ def test_another_files_columns_are_refused(tmp_path):
         written_indices(out)
 
 
-def answer(id, score, degraded=False):
-    return StreamAnswer(id, Answer([Category(2583, "Piscine", score)], ["text", "image"], degraded, "", "fr", {}, {}))
+def answer(id, score, degraded=False, needs_review=False):
+    return StreamAnswer(id, Answer([Category(2583, "Piscine", score)], ["text", "image"], degraded, "", "fr", {}, {},
+                                   needs_review=needs_review))
 
 
-@pytest.mark.parametrize("threshold, flags", [(None, ["", ""]), (0.5, ["true", "false"])])
-def test_rows_as_written(tmp_path, threshold, flags):
+def test_rows_as_written(tmp_path):
+    """needs_review is the answer's own flag (its model's threshold), not a score cut of the file's."""
     out = tmp_path / "out.csv"
     written_indices(out)
-    writer = PredictionWriter(out, threshold)
-    writer.write(answer("1", 0.4, degraded=True))
+    writer = PredictionWriter(out)
+    writer.write(answer("1", 0.4, degraded=True, needs_review=True))
     writer.write(answer("2", 0.9))
     writer.write(StreamAnswer("3", None, "INVALID_ARGUMENT", "product.designation: bad\nsecond line"))
     writer.close()
     assert out.read_text().splitlines()[1:] == [
-        f"1,2583,0.4000,{flags[0]},text+image,true,", f"2,2583,0.9000,{flags[1]},text+image,false,",
+        "1,2583,0.4000,true,text+image,true,", "2,2583,0.9000,false,text+image,false,",
         "3,,,,,,INVALID_ARGUMENT: product.designation: bad second line"]
 
 
@@ -167,7 +168,7 @@ def test_a_file_run_resumes_after_ctrl_c_and_a_killed_gateway_with_every_row_onc
     assert not failed, [(row["index"], row["error"]) for row in failed][:5]
     assert all(int(row["prdtypecode"]) in {label.code for label in LABELS} for row in answered)
     assert {row["modalities"] for row in answered} == {"text", "text+image"}
-    assert all(row["needs_review"] == "" and row["degraded"] == "false" for row in answered)
+    assert all(row["needs_review"] in {"true", "false"} and row["degraded"] == "false" for row in answered)
 
     again = classify_file(stack, tmp_path / "in.csv", images, out)
     assert "already in" in again.communicate(timeout=60)[0] and again.returncode == 0
