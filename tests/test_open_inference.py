@@ -47,7 +47,7 @@ def text_inputs() -> dict[str, np.ndarray]:
 
 
 def image_inputs() -> dict[str, np.ndarray]:
-    return {"image": np.random.default_rng(0).integers(0, 256, (2, 240, 240, 3), dtype=np.uint8)}
+    return {"image": np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)}
 
 
 def fusion_inputs() -> dict[str, np.ndarray]:
@@ -201,7 +201,7 @@ def _bad_requests():
          "INVALID_ARGUMENT", "inputs['text_embedding']: shape must match [-1, 16], got [1, 5]"),
         ("image size", "image_service",
          lambda: tensor_request("image", {"image": np.zeros((1, 10, 10, 3), np.uint8)}, image, True),
-         "INVALID_ARGUMENT", "inputs['image']: shape must match [-1, 240, 240, 3], got [1, 10, 10, 3]"),
+         "INVALID_ARGUMENT", "inputs['image']: shape must match [-1, 224, 224, 3], got [1, 10, 10, 3]"),
         ("missing input", "text_service",
          lambda: with_change(text_request(raw=False), lambda r: r.inputs.pop()), "INVALID_ARGUMENT",
          "inputs: missing ['cleaned']"),
@@ -235,7 +235,7 @@ def _bad_requests():
          "INVALID_ARGUMENT", "inputs['text']: contents.fp32_contents is set; a BYTES tensor's values go in "
                              "contents.bytes_contents"),
         ("uint8 range", "image_service",
-         lambda: with_change(tensor_request("image", {"image": np.zeros((1, 240, 240, 3), np.uint8)}, image, False),
+         lambda: with_change(tensor_request("image", {"image": np.zeros((1, 224, 224, 3), np.uint8)}, image, False),
                              lambda r: r.inputs[0].contents.uint_contents.__setitem__(5, 256)),
          "INVALID_ARGUMENT", "inputs['image']: values outside the UINT8 range"),
         ("unknown output", "text_service",
