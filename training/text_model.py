@@ -2,29 +2,32 @@
 
 The served model reads both views that `text_service.preprocessing.preprocess` returns, as string
 tensors, and vectorises them itself, so its SavedModel is self-contained and serving cannot drift
-from training:
+from training; with the e5 tower it also reads `e5`, the multilingual-e5-small embedding of the
+product's title (`preprocess(...).title`, computed by the service):
 
     text    -> word 1..n-gram counts              -> sublinear TF-IDF -> L2 ┐
-    cleaned -> character n-grams within words     -> sublinear TF-IDF -> L2 ┴ concat
-            -> Dense "embedding" (relu) -> dropout -> Dense "probabilities" (softmax)
+    cleaned -> character n-grams within words     -> sublinear TF-IDF -> L2 ┴ concat = features
+    embedding = relu(features @ K + b [+ e5 @ E])                      the deep path's hidden layer
+    logits    = dropout(embedding) @ D + d  +  features @ W [+ e5 @ V]  deep + wide
+    probabilities = softmax(logits)
 
 `text` is the study's normalised text (stems, no stop words, letters only); `cleaned` is the same
 product text lower case and accent-folded but with digits and punctuation kept, where model
 numbers, sizes and units live. Character n-grams are taken inside each word padded with a space,
 as scikit-learn's `char_wb` analyzer does (`CharNgramsWithinWords`).
 
-The "embedding" layer's output is the text embedding the fusion model consumes. Vectorisation is
-deterministic, so training computes the TF-IDF features once, keeps them sparse, and fits only
-the dense head (the same layer objects wired to a sparse feature input): a sparse product is far
-cheaper than re-splitting every text and multiplying a mostly-zero dense matrix each step.
+The wide path is a linear model on the features (what a linear SVM on the same views is), L2-
+regularised; the deep path adds what a hidden layer finds. The "embedding" layer's output is the
+text embedding the fusion model consumes. Vectorisation is deterministic, so training computes
+the TF-IDF features once, keeps them sparse, and fits a float32 copy of the head on them
+(`_training_head`, the same layer names); its weights are then copied into the served model,
+whose two big TF-IDF kernels (vocabulary x 128 and vocabulary x 27, nearly the whole bundle) are
+stored as float16 (`StoredDense`).
 
-The head may be an ensemble: `ensemble` members, each with `embedding_dim / ensemble` hidden units
-and its own seed, are trained one after the other on the same features and merged into one layer
-pair of the form above (`merge_members`): their hidden units side by side are the embedding, and
-the output layer averages their logits, which is exactly a Dense on the concatenation.
-
-The first Dense kernel (vocabulary x embedding) is nearly the whole bundle, so the vocabularies
-and the embedding size are what trade accuracy for bundle weight.
+The e5 tower is optional at serving time: in training each row's e5 vector is zeroed with
+probability `e5_dropout` (`RandomlyAbsent`), so the same bundle serves TEXT_ENCODER=tfidf (a
+zero e5 input) and tfidf+e5. Title-only copies of the training products (`preprocess(title, "")`)
+teach the model titles sent alone.
 
 Training holds out a stratified part of the rows it is given as the early-stopping set that drives
 EarlyStopping and ReduceLROnPlateau (`training.fitting`); callers pass training rows only, never
