@@ -87,6 +87,7 @@ class TextModelConfig:
     dropout: float = 0.5
     wide: bool = True          # a linear path from the features to the logits beside the deep one
     wide_l2: float = 1e-5      # L2 on the wide kernels (chosen on the early-stopping set)
+    wide_learning_rate: float = 3e-3  # the wide path is fitted first, alone, then frozen
     e5: bool = False           # the e5 tower: an `e5` input into the hidden layer and the wide path
     e5_dropout: float = 0.5    # share of training rows whose e5 vector is zeroed (the model must work without)
     kernel_dtype: str = "float16"  # how the big TF-IDF kernels are stored in the bundle
@@ -274,8 +275,8 @@ def _tfidf_branch(texts: np.ndarray, name: str, split: Any, max_tokens: int,
     return vectorizer, weighting
 
 
-def _head(features, e5, num_classes: int, config: TextModelConfig, dense) -> tuple[Any, Any]:
-    """(embedding, probabilities) of the wide-and-deep head on `features` (and `e5`, or None):
+def _head(features, e5, num_classes: int, config: TextModelConfig, dense) -> tuple[Any, Any, Any]:
+    """(embedding, probabilities, wide logits or None) of the wide-and-deep head on `features` (and `e5`, or None):
 
         embedding = relu(features @ K + b [+ e5 @ E])         the deep path's hidden layer
         logits    = dropout(embedding) @ D + d [+ features @ W [+ e5 @ V]]   deep + wide
@@ -290,13 +291,15 @@ def _head(features, e5, num_classes: int, config: TextModelConfig, dense) -> tup
     embedding = layers.ReLU(name=EMBEDDING_LAYER)(hidden)
     logits = layers.Dense(num_classes, name=DEEP_LAYER)(
         layers.Dropout(config.dropout, seed=config.fit.seed, name="embedding_dropout")(embedding))
+    wide = None
     if config.wide:
-        wide = [logits, dense(num_classes, WIDE_LAYER, False, True)(features)]
+        wide = dense(num_classes, WIDE_LAYER, False, True)(features)
         if e5 is not None:
-            wide.append(layers.Dense(num_classes, use_bias=False, name=E5_WIDE_LAYER,
-                                     kernel_regularizer=keras.regularizers.L2(config.wide_l2))(e5))
-        logits = layers.Add(name="logits")(wide)
-    return embedding, layers.Softmax(name=PROBABILITIES_LAYER)(logits)
+            wide = layers.Add(name="wide_sum")([wide, layers.Dense(
+                num_classes, use_bias=False, name=E5_WIDE_LAYER,
+                kernel_regularizer=keras.regularizers.L2(config.wide_l2))(e5)])
+        logits = layers.Add(name="logits")([logits, wide])
+    return embedding, layers.Softmax(name=PROBABILITIES_LAYER)(logits), wide
 
 
 def build_text_model(rows: TextInputs, num_classes: int,
@@ -320,12 +323,13 @@ def build_text_model(rows: TextInputs, num_classes: int,
     if config.e5:
         e5 = inputs[E5_INPUT] = keras.Input(shape=(E5_DIM,), dtype="float32", name=E5_INPUT)
     stored = lambda units, name, use_bias, wide: StoredDense(units, use_bias, config.kernel_dtype, name=name)  # noqa: E731
-    _, probabilities = _head(features, e5, num_classes, config, stored)
+    _, probabilities, _ = _head(features, e5, num_classes, config, stored)
     return keras.Model(inputs, probabilities, name="text_classifier"), keras.Model(inputs, features, name="text_features")
 
 
-def _training_head(feature_dim: int, num_classes: int, config: TextModelConfig) -> keras.Model:
-    """The served head on sparse TF-IDF rows (and e5 rows, absent at random), in float32, trainable."""
+def _training_head(feature_dim: int, num_classes: int, config: TextModelConfig) -> tuple[keras.Model, keras.Model | None]:
+    """The served head on sparse TF-IDF rows (and e5 rows, absent at random), in float32, trainable;
+    and its wide path alone as a softmax classifier (sharing its layers), None without one."""
     features = keras.Input(shape=(feature_dim,), sparse=True, name="features")
     inputs = {"features": features}
     e5 = None
@@ -337,8 +341,11 @@ def _training_head(feature_dim: int, num_classes: int, config: TextModelConfig) 
         regularizer = keras.regularizers.L2(config.wide_l2) if wide else None
         return layers.Dense(units, use_bias=use_bias, name=name, kernel_regularizer=regularizer)
 
-    _, probabilities = _head(features, e5, num_classes, config, dense)
-    return keras.Model(inputs if config.e5 else features, probabilities, name="text_head")
+    _, probabilities, wide = _head(features, e5, num_classes, config, dense)
+    inputs = inputs if config.e5 else features
+    linear = None if wide is None else keras.Model(
+        inputs, layers.Softmax(name="wide_probabilities")(wide), name="text_wide")
+    return keras.Model(inputs, probabilities, name="text_head"), linear
 
 
 def copy_head(head: keras.Model, served: keras.Model) -> None:
@@ -433,8 +440,19 @@ def train_text_model(rows: TextInputs, labels: Sequence[int], num_classes: int,
         return dataset(inputs, targets, num_classes, fit, shuffle=shuffle, keep_sparse=True)
 
     train_data, early_data = data(fit_rows, True), data(early_rows, False)
-    head = _training_head(len(_vocabulary_columns(featurizer)), num_classes, config)
+    head, linear = _training_head(len(_vocabulary_columns(featurizer)), num_classes, config)
+    wide_history = {}
+    if linear is not None:
+        # the wide path first, alone (a linear model, fitted to its own early-stopping optimum),
+        # then frozen while the deep path learns what it leaves: the sum is at least as good on
+        # the early-stopping set as the linear model, never a deep path that drowns it
+        wide_history = fit_classifier(linear, train_data, early_data,
+                                      dataclasses.replace(fit, learning_rate=config.wide_learning_rate))
+        for name in (WIDE_LAYER, E5_WIDE_LAYER):
+            if name in {layer.name for layer in head.layers}:
+                head.get_layer(name).trainable = False
     history = fit_classifier(head, train_data, early_data, fit)
+    history.update({f"wide_{key}": values for key, values in wide_history.items()})
     copy_head(head, model)
     return TrainedModel(model, history, len(fit_rows), len(early_rows), len(history["loss"]), config)
 
