@@ -44,6 +44,7 @@ from typing import Any, Sequence, Union
 
 import keras
 import numpy as np
+import scipy.sparse
 import tensorflow as tf
 from keras import layers, ops
 
@@ -86,10 +87,9 @@ class TextModelConfig:
     embedding_dim: int = 128
     dropout: float = 0.5
     wide: bool = True          # a linear path from the features to the logits beside the deep one
-    wide_l2: float = 1e-5      # L2 on the wide kernels (chosen on the early-stopping set)
-    wide_learning_rate: float = 3e-3  # the wide path is fitted first, alone, then frozen
-    e5: bool = False           # the e5 tower: an `e5` input into the hidden layer and the wide path
+    wide_c: float = 0.5        # the wide path's linear SVM: C, its inverse L2 strength
     e5_dropout: float = 0.5    # share of training rows whose e5 vector is zeroed (the model must work without)
+    e5: bool = False           # the e5 tower: an `e5` input into the hidden layer and the wide path
     kernel_dtype: str = "float16"  # how the big TF-IDF kernels are stored in the bundle
     fit: FitConfig = FitConfig(learning_rate=1e-3, batch_size=128, label_smoothing=0.1)
 
@@ -295,9 +295,8 @@ def _head(features, e5, num_classes: int, config: TextModelConfig, dense) -> tup
     if config.wide:
         wide = dense(num_classes, WIDE_LAYER, False, True)(features)
         if e5 is not None:
-            wide = layers.Add(name="wide_sum")([wide, layers.Dense(
-                num_classes, use_bias=False, name=E5_WIDE_LAYER,
-                kernel_regularizer=keras.regularizers.L2(config.wide_l2))(e5)])
+            wide = layers.Add(name="wide_sum")([wide, layers.Dense(num_classes, use_bias=False,
+                                                                   name=E5_WIDE_LAYER)(e5)])
         logits = layers.Add(name="logits")([logits, wide])
     return embedding, layers.Softmax(name=PROBABILITIES_LAYER)(logits), wide
 
@@ -327,9 +326,8 @@ def build_text_model(rows: TextInputs, num_classes: int,
     return keras.Model(inputs, probabilities, name="text_classifier"), keras.Model(inputs, features, name="text_features")
 
 
-def _training_head(feature_dim: int, num_classes: int, config: TextModelConfig) -> tuple[keras.Model, keras.Model | None]:
-    """The served head on sparse TF-IDF rows (and e5 rows, absent at random), in float32, trainable;
-    and its wide path alone as a softmax classifier (sharing its layers), None without one."""
+def _training_head(feature_dim: int, num_classes: int, config: TextModelConfig) -> keras.Model:
+    """The served head on sparse TF-IDF rows (and e5 rows, absent at random), in float32, trainable."""
     features = keras.Input(shape=(feature_dim,), sparse=True, name="features")
     inputs = {"features": features}
     e5 = None
@@ -338,14 +336,10 @@ def _training_head(feature_dim: int, num_classes: int, config: TextModelConfig) 
         e5 = RandomlyAbsent(config.e5_dropout, seed=config.fit.seed, name="e5_absent")(inputs[E5_INPUT])
 
     def dense(units, name, use_bias, wide):
-        regularizer = keras.regularizers.L2(config.wide_l2) if wide else None
-        return layers.Dense(units, use_bias=use_bias, name=name, kernel_regularizer=regularizer)
+        return layers.Dense(units, use_bias=use_bias, name=name)
 
-    _, probabilities, wide = _head(features, e5, num_classes, config, dense)
-    inputs = inputs if config.e5 else features
-    linear = None if wide is None else keras.Model(
-        inputs, layers.Softmax(name="wide_probabilities")(wide), name="text_wide")
-    return keras.Model(inputs, probabilities, name="text_head"), linear
+    _, probabilities, _ = _head(features, e5, num_classes, config, dense)
+    return keras.Model(inputs if config.e5 else features, probabilities, name="text_head")
 
 
 def copy_head(head: keras.Model, served: keras.Model) -> None:
@@ -429,32 +423,92 @@ def train_text_model(rows: TextInputs, labels: Sequence[int], num_classes: int,
     fit_rows, early_rows = early_stopping_split(labels, fit.early_stopping_fraction, fit.seed, reserved)
     model, featurizer = build_text_model(_subset(arrays, fit_rows), num_classes, config)
 
-    def data(selected: np.ndarray, shuffle: bool) -> tf.data.Dataset:
+    def rows_of(selected: np.ndarray) -> tuple[tf.SparseTensor, np.ndarray, np.ndarray | None]:
         features = sparse_features(featurizer, _subset(arrays, selected))
-        targets, e5_rows = labels[selected], None if e5 is None else e5[selected]
+        targets, e5_rows = labels[selected], None if e5 is None else e5[selected].astype(np.float32)
         if title_arrays is not None:
             features = tf.sparse.concat(0, [features, sparse_features(featurizer, _subset(title_arrays, selected))])
             targets = np.concatenate([targets, targets])
             e5_rows = None if e5_rows is None else np.concatenate([e5_rows, e5_rows])
-        inputs = {"features": features, E5_INPUT: e5_rows.astype(np.float32)} if config.e5 else features
+        return features, targets, e5_rows
+
+    def data(rows, shuffle: bool) -> tf.data.Dataset:
+        features, targets, e5_rows = rows
+        inputs = {"features": features, E5_INPUT: e5_rows} if config.e5 else features
         return dataset(inputs, targets, num_classes, fit, shuffle=shuffle, keep_sparse=True)
 
-    train_data, early_data = data(fit_rows, True), data(early_rows, False)
-    head, linear = _training_head(len(_vocabulary_columns(featurizer)), num_classes, config)
-    wide_history = {}
-    if linear is not None:
-        # the wide path first, alone (a linear model, fitted to its own early-stopping optimum),
-        # then frozen while the deep path learns what it leaves: the sum is at least as good on
-        # the early-stopping set as the linear model, never a deep path that drowns it
-        wide_history = fit_classifier(linear, train_data, early_data,
-                                      dataclasses.replace(fit, learning_rate=config.wide_learning_rate))
+    fit_data, early_data_rows = rows_of(fit_rows), rows_of(early_rows)
+    train_data, early_data = data(fit_data, True), data(early_data_rows, False)
+    head = _training_head(int(fit_data[0].shape[-1]), num_classes, config)
+    early_variants = [early_data_rows]
+    if config.e5:  # the held-out rows with and without their e5 vector, as the service may send them
+        features, targets, e5_rows = early_data_rows
+        early_variants.append((features, targets, np.zeros_like(e5_rows)))
+    wide_record = {}
+    if config.wide:  # the deep path is fitted alone first: the wide kernels stay at zero, frozen
         for name in (WIDE_LAYER, E5_WIDE_LAYER):
             if name in {layer.name for layer in head.layers}:
-                head.get_layer(name).trainable = False
+                layer = head.get_layer(name)
+                layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+                layer.trainable = False
     history = fit_classifier(head, train_data, early_data, fit)
-    history.update({f"wide_{key}": values for key, values in wide_history.items()})
+    if config.wide:
+        wide_record = fit_wide_path(head, fit_data, [(data(v, False), v) for v in early_variants], config)
+    history.update({f"wide_{key}": [value] for key, value in wide_record.items()})
+    history["early_stopping_accuracy"] = [wide_record.get("early_stopping_accuracy", max(history["val_accuracy"]))]
     copy_head(head, model)
     return TrainedModel(model, history, len(fit_rows), len(early_rows), len(history["loss"]), config)
+
+
+def _scipy_rows(features: tf.SparseTensor, e5_rows: np.ndarray | None, with_e5: bool) -> scipy.sparse.csr_matrix:
+    matrix = scipy.sparse.csr_matrix((features.values.numpy(), features.indices.numpy().T), shape=features.shape)
+    if e5_rows is None:
+        return matrix
+    return scipy.sparse.hstack([matrix, e5_rows if with_e5 else np.zeros_like(e5_rows)]).tocsr()
+
+
+def fit_wide_path(head: keras.Model, fit_rows, early_variants, config: TextModelConfig) -> dict:
+    """Add the wide path to a head whose deep path is fitted: a linear SVM (one-vs-rest, LIBLINEAR,
+    C = `config.wide_c`, as the baseline) on the fit rows, with and without e5 when the head has
+    the tower. The logits become scale * SVM scores + weight * deep logits, both chosen on the
+    early-stopping rows (log loss; weight 0 drops the deep path's answer but keeps its embedding
+    for the fusion model). Returns what was chosen and the early-stopping accuracy."""
+    from sklearn.svm import LinearSVC
+
+    features, targets, e5_rows = fit_rows
+    variants = (True, False) if e5_rows is not None else (True,)
+    x = scipy.sparse.vstack([_scipy_rows(features, e5_rows, v) for v in variants]).tocsr()
+    svm = LinearSVC(C=config.wide_c).fit(x, np.tile(targets, len(variants)))
+    if list(svm.classes_) != list(range(head.output.shape[-1])):
+        raise ValueError("every class must be among the fitted rows")
+    deep_logits = keras.Model(head.input, head.get_layer(DEEP_LAYER).output)
+    scores, deep, truth = [], [], []
+    for dataset_, (e_features, e_targets, e_e5) in early_variants:
+        scores.append(svm.decision_function(_scipy_rows(e_features, e_e5, True)))
+        deep.append(np.concatenate([np.asarray(deep_logits(inputs, training=False)) for inputs, _ in dataset_]))
+        truth.append(e_targets)
+    scores, deep, truth = np.concatenate(scores), np.concatenate(deep), np.concatenate(truth)
+
+    def log_loss(choice: tuple[float, float]) -> float:
+        logits = choice[0] * scores + choice[1] * deep
+        logits = logits - logits.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(len(truth)), truth]))
+
+    scale, weight = min(((s, w) for s in np.geomspace(0.5, 50, 30) for w in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)),
+                        key=log_loss)
+    kernel = (scale * svm.coef_.T).astype(np.float32)
+    vocabulary = int(features.shape[-1])
+    head.get_layer(WIDE_LAYER).set_weights([kernel[:vocabulary]])
+    if e5_rows is not None:
+        head.get_layer(E5_WIDE_LAYER).set_weights([kernel[vocabulary:]])
+    deep_kernel, deep_bias = head.get_layer(DEEP_LAYER).get_weights()
+    head.get_layer(DEEP_LAYER).set_weights([weight * deep_kernel,
+                                            (weight * deep_bias + scale * svm.intercept_).astype(np.float32)])
+    combined = (scale * scores + weight * deep).argmax(axis=1)
+    return {"c": config.wide_c, "scale": round(float(scale), 4), "deep_weight": weight,
+            "early_stopping_accuracy": round(float(np.mean(combined == truth)), 4),
+            "svm_early_stopping_accuracy": round(float(np.mean(scores.argmax(axis=1) == truth)), 4),
+            "deep_early_stopping_accuracy": round(float(np.mean(deep.argmax(axis=1) == truth)), 4)}
 
 
 def _vocabulary_columns(featurizer: keras.Model) -> range:

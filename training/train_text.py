@@ -147,8 +147,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="character n-grams kept from the cleaned text")
     parser.add_argument("--embedding-dim", type=int, default=defaults.embedding_dim,
                         help="units of the embedding layer")
-    parser.add_argument("--wide-l2", default=str(defaults.wide_l2),
-                        help="L2 of the wide kernels; a comma list is tried and the best on the "
+    parser.add_argument("--wide-c", default=str(defaults.wide_c),
+                        help="C of the wide path's linear SVM; a comma list is tried and the best on the "
                              "early-stopping set kept (accuracy)")
     parser.add_argument("--no-wide", action="store_true", help="the deep path alone")
     parser.add_argument("--text-encoder", choices=(TFIDF, TFIDF_E5), default=TFIDF_E5,
@@ -191,14 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     reserved = reserved_for_fusion(splits.train)
     candidates = []
-    for wide_l2 in (float(value) for value in args.wide_l2.split(",")):
-        config = dataclasses.replace(base, wide_l2=wide_l2)
+    for wide_c in (float(value) for value in args.wide_c.split(",")):
+        config = dataclasses.replace(base, wide_c=wide_c)
         trained = train_text_model(splits.train, splits.label_indices(splits.train), len(splits.categories),
                                    config, reserved=reserved, title_only=title_only, e5=e5_train)
-        held_out = max(trained.history["val_accuracy"])
-        print(f"wide L2 {wide_l2:g}: early-stopping accuracy {held_out:.4f} after {trained.epochs} epochs",
-              flush=True)
-        candidates.append((held_out, -wide_l2, trained))
+        held_out = trained.history["early_stopping_accuracy"][0]
+        print(f"wide C {wide_c:g}: early-stopping accuracy {held_out:.4f} after {trained.epochs} epochs "
+              f"({ {k: v for k, v in trained.history.items() if k.startswith('wide_')} })", flush=True)
+        candidates.append((held_out, -wide_c, trained))
     _, _, trained = max(candidates, key=lambda c: c[:2])
     config = trained.config
     training_seconds = time.perf_counter() - start
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                        "rows_reserved_for_fusion": int(reserved.sum()),
                        "title_only_copies": title_only is not None,
                        "epochs": trained.epochs,
-                       "wide_l2_tried": [-c[1] for c in candidates],
+                       "wide_c_tried": [-c[1] for c in candidates],
+                       "wide_path": {k[5:]: v[0] for k, v in trained.history.items() if k.startswith("wide_")},
                        "early_stopping_accuracy": [round(c[0], 4) for c in candidates],
                        "training_seconds": round(training_seconds, 1)},
         metrics=metrics,
