@@ -102,7 +102,8 @@ def test_model_learns_synthetic_classes(trained):
     predicted = predict_probabilities(trained.model, rows).argmax(axis=1)
     assert (predicted == labels).mean() >= 0.9
     assert trained.rows_train + trained.rows_early_stopping == 160
-    assert trained.model.get_layer(EMBEDDING_LAYER).output.shape[-1] == 16
+    # the 16 hidden units and the 4 wide logits, so the probabilities are linear in the embedding
+    assert trained.model.get_layer(EMBEDDING_LAYER).output.shape[-1] == 16 + len(CLASS_WORDS)
     assert 1 <= trained.epochs == len(trained.history["loss"])
     assert "val_loss" in trained.history
     assert set(trained.model.input) == {"text", "cleaned"}
@@ -185,7 +186,7 @@ def test_bundle_signature_serves_embedding_and_probabilities(trained, bundle):
     inputs = {name: tf.constant(values) for name, values in text_inputs(rows).items()}
     outputs = signature(**inputs)
     assert outputs["embedding"].dtype == tf.float32
-    assert outputs["embedding"].shape == (5, 16)
+    assert outputs["embedding"].shape == (5, 16 + len(CODES))
     np.testing.assert_allclose(outputs["embedding"].numpy(), predict_embeddings(trained.model, rows), atol=1e-5)
     probabilities = outputs["probabilities"].numpy()
     assert probabilities.shape == (5, len(CLASS_WORDS))
@@ -211,9 +212,9 @@ def test_bundle_metadata_has_required_fields(bundle):
         assert metadata["inputs"][name]["dtype"] == "string"
         assert metadata["inputs"][name]["shape"] == [-1]
         assert f"preprocess(designation, description).{name}" in metadata["inputs"][name]["description"]
-    assert metadata["outputs"]["embedding"] == {"dtype": "float32", "shape": [-1, 16]}
+    assert metadata["outputs"]["embedding"] == {"dtype": "float32", "shape": [-1, 16 + len(CODES)]}
     assert metadata["outputs"]["probabilities"]["shape"] == [-1, len(CODES)]
-    assert metadata["embedding_dim"] == 16
+    assert metadata["embedding_dim"] == 16 + len(CODES)
     assert {"fingerprint", "rows_train", "rows_early_stopping"} <= set(metadata["training_data"])
     assert {"val_weighted_f1", "val_macro_f1", "val_rows"} <= set(metadata["metrics"])
     assert {"tensorflow", "keras"} <= set(metadata["framework"])

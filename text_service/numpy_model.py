@@ -11,6 +11,7 @@ what the bundle carries next to its SavedModel:
             -> [hidden | wide] = features @ [hidden kernel | wide kernel]   one sparse product (SciPy CSR)
     e5      -> embedding = relu(hidden + hidden bias + e5 @ e5 hidden kernel)
             -> softmax(embedding @ deep kernel + deep bias + wide + e5 @ e5 wide kernel)
+    embedding output = [relu hidden, wide logits] (the hidden units alone without a wide path)
 
 which is what `TextVectorization` (split=whitespace: `tf.strings.split`, ASCII white space only;
 ngrams joined by a space), `CharNgramsWithinWords` (UTF-8 code points), `SublinearTfIdf`,
@@ -229,7 +230,8 @@ class NumpyTextModel:
 
     @property
     def embedding_dim(self) -> int:
-        return self._units
+        """The hidden units, and the wide logits beside them when the model has a wide path."""
+        return int(self._kernel.shape[1])
 
     @property
     def has_e5(self) -> bool:
@@ -278,10 +280,11 @@ class NumpyTextModel:
             hidden = hidden + e5 @ self._e5_hidden
         embedding = np.maximum(hidden, np.float32(0.0))
         logits = embedding @ self._out_kernel + self._out_bias
-        if wide.shape[1]:
-            logits = logits + wide
+        if wide.shape[1]:  # the embedding is the hidden units and the wide logits side by side
             if e5 is not None and self._e5_wide is not None:
-                logits = logits + e5 @ self._e5_wide
+                wide = wide + e5 @ self._e5_wide
+            logits = logits + wide
+            embedding = np.hstack([embedding, wide])
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         return {"embedding": embedding, "probabilities": exp / exp.sum(axis=1, keepdims=True)}
 

@@ -7,18 +7,20 @@ product's title (`preprocess(...).title`, computed by the service):
 
     text    -> word 1..n-gram counts              -> sublinear TF-IDF -> L2 ┐
     cleaned -> character n-grams within words     -> sublinear TF-IDF -> L2 ┴ concat = features
-    embedding = relu(features @ K + b [+ e5 @ E])                      the deep path's hidden layer
-    logits    = dropout(embedding) @ D + d  +  features @ W [+ e5 @ V]  deep + wide
-    probabilities = softmax(logits)
+    hidden    = relu(features @ K + b [+ e5 @ E])                    the deep path's hidden layer
+    wide      = features @ W [+ e5 @ V]                              the wide path's logits
+    logits    = dropout(hidden) @ D + d + wide;  probabilities = softmax(logits)
+    embedding = [hidden, wide]                                       128 + 27 = 155 values
 
 `text` is the study's normalised text (stems, no stop words, letters only); `cleaned` is the same
 product text lower case and accent-folded but with digits and punctuation kept, where model
 numbers, sizes and units live. Character n-grams are taken inside each word padded with a space,
 as scikit-learn's `char_wb` analyzer does (`CharNgramsWithinWords`).
 
-The wide path is a linear model on the features (what a linear SVM on the same views is), L2-
-regularised; the deep path adds what a hidden layer finds. The "embedding" layer's output is the
-text embedding the fusion model consumes. Vectorisation is deterministic, so training computes
+The wide path is a linear SVM on the features (fitted by LIBLINEAR, `fit_wide_path`); the deep
+path adds what a hidden layer finds. The "embedding" layer's output is the text embedding the
+fusion model consumes: the hidden units and the wide logits side by side, so the probabilities
+are a softmax of a linear function of it (the fusion head reads that layer back). Vectorisation is deterministic, so training computes
 the TF-IDF features once, keeps them sparse, and fits a float32 copy of the head on them
 (`_training_head`, the same layer names); its weights are then copied into the served model,
 whose two big TF-IDF kernels (vocabulary x 128 and vocabulary x 27, nearly the whole bundle) are
@@ -87,7 +89,7 @@ class TextModelConfig:
     embedding_dim: int = 128
     dropout: float = 0.5
     wide: bool = True          # a linear path from the features to the logits beside the deep one
-    wide_c: float = 0.5        # the wide path's linear SVM: C, its inverse L2 strength
+    wide_c: tuple[float, ...] = (0.25, 0.5, 1.0)  # the wide path's linear SVM: C tried (inverse L2 strength)
     e5_dropout: float = 0.5    # share of training rows whose e5 vector is zeroed (the model must work without)
     e5: bool = False           # the e5 tower: an `e5` input into the hidden layer and the wide path
     kernel_dtype: str = "float16"  # how the big TF-IDF kernels are stored in the bundle
@@ -278,8 +280,10 @@ def _tfidf_branch(texts: np.ndarray, name: str, split: Any, max_tokens: int,
 def _head(features, e5, num_classes: int, config: TextModelConfig, dense) -> tuple[Any, Any, Any]:
     """(embedding, probabilities, wide logits or None) of the wide-and-deep head on `features` (and `e5`, or None):
 
-        embedding = relu(features @ K + b [+ e5 @ E])         the deep path's hidden layer
-        logits    = dropout(embedding) @ D + d [+ features @ W [+ e5 @ V]]   deep + wide
+        hidden    = relu(features @ K + b [+ e5 @ E])                     the deep path
+        wide      = features @ W [+ e5 @ V]                                the wide path
+        logits    = dropout(hidden) @ D + d [+ wide]
+        embedding = hidden [, wide]    (so logits are linear in the embedding)
 
     `dense(units, name, use_bias, wide)` makes the TF-IDF layers (trainable Dense in training,
     `StoredDense` in the served model), so both models share names and weights one to one.
@@ -288,16 +292,22 @@ def _head(features, e5, num_classes: int, config: TextModelConfig, dense) -> tup
     if e5 is not None:
         hidden = layers.Add(name="hidden_sum")(
             [hidden, layers.Dense(config.embedding_dim, use_bias=False, name=E5_HIDDEN_LAYER)(e5)])
-    embedding = layers.ReLU(name=EMBEDDING_LAYER)(hidden)
-    logits = layers.Dense(num_classes, name=DEEP_LAYER)(
-        layers.Dropout(config.dropout, seed=config.fit.seed, name="embedding_dropout")(embedding))
-    wide = None
+    hidden = layers.ReLU(name="hidden_relu" if config.wide else EMBEDDING_LAYER)(hidden)
+    deep = layers.Dense(num_classes, name=DEEP_LAYER)
+    dropout = layers.Dropout(config.dropout, seed=config.fit.seed, name="embedding_dropout")
+    embedding, wide = hidden, None
     if config.wide:
         wide = dense(num_classes, WIDE_LAYER, False, True)(features)
         if e5 is not None:
             wide = layers.Add(name="wide_sum")([wide, layers.Dense(num_classes, use_bias=False,
                                                                    name=E5_WIDE_LAYER)(e5)])
-        logits = layers.Add(name="logits")([logits, wide])
+        # the hidden units and the wide logits: the probabilities are a softmax of a linear
+        # function of the embedding, which the fusion head reads back (`fusion_model.output_layer`)
+        embedding = layers.Concatenate(name=EMBEDDING_LAYER)([hidden, wide])
+        units = config.embedding_dim
+        logits = layers.Add(name="logits")([deep(dropout(embedding[:, :units])), embedding[:, units:]])
+    else:
+        logits = deep(dropout(hidden))
     return embedding, layers.Softmax(name=PROBABILITIES_LAYER)(logits), wide
 
 
@@ -469,7 +479,7 @@ def _scipy_rows(features: tf.SparseTensor, e5_rows: np.ndarray | None, with_e5: 
 
 def fit_wide_path(head: keras.Model, fit_rows, early_variants, config: TextModelConfig) -> dict:
     """Add the wide path to a head whose deep path is fitted: a linear SVM (one-vs-rest, LIBLINEAR,
-    C = `config.wide_c`, as the baseline) on the fit rows, with and without e5 when the head has
+    as the baseline; C among `config.wide_c`) on the fit rows, with and without e5 when the head has
     the tower. The logits become scale * SVM scores + weight * deep logits, both chosen on the
     early-stopping rows (log loss; weight 0 drops the deep path's answer but keeps its embedding
     for the fusion model). Returns what was chosen and the early-stopping accuracy."""
@@ -478,24 +488,29 @@ def fit_wide_path(head: keras.Model, fit_rows, early_variants, config: TextModel
     features, targets, e5_rows = fit_rows
     variants = (True, False) if e5_rows is not None else (True,)
     x = scipy.sparse.vstack([_scipy_rows(features, e5_rows, v) for v in variants]).tocsr()
-    svm = LinearSVC(C=config.wide_c).fit(x, np.tile(targets, len(variants)))
-    if list(svm.classes_) != list(range(head.output.shape[-1])):
-        raise ValueError("every class must be among the fitted rows")
     deep_logits = keras.Model(head.input, head.get_layer(DEEP_LAYER).output)
-    scores, deep, truth = [], [], []
+    early, deep, truth = [], [], []
     for dataset_, (e_features, e_targets, e_e5) in early_variants:
-        scores.append(svm.decision_function(_scipy_rows(e_features, e_e5, True)))
+        early.append(_scipy_rows(e_features, e_e5, True))
         deep.append(np.concatenate([np.asarray(deep_logits(inputs, training=False)) for inputs, _ in dataset_]))
         truth.append(e_targets)
-    scores, deep, truth = np.concatenate(scores), np.concatenate(deep), np.concatenate(truth)
+    early, deep, truth = scipy.sparse.vstack(early).tocsr(), np.concatenate(deep), np.concatenate(truth)
 
-    def log_loss(choice: tuple[float, float]) -> float:
-        logits = choice[0] * scores + choice[1] * deep
+    def log_loss(scores: np.ndarray, scale: float, weight: float) -> float:
+        logits = scale * scores + weight * deep
         logits = logits - logits.max(axis=1, keepdims=True)
         return float(np.mean(np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(len(truth)), truth]))
 
-    scale, weight = min(((s, w) for s in np.geomspace(0.5, 50, 30) for w in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)),
-                        key=log_loss)
+    candidates = []
+    for c in config.wide_c:
+        svm = LinearSVC(C=c).fit(x, np.tile(targets, len(variants)))
+        if list(svm.classes_) != list(range(head.output.shape[-1])):
+            raise ValueError("every class must be among the fitted rows")
+        scores = svm.decision_function(early)
+        for scale in np.geomspace(0.5, 50, 30):
+            for weight in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5):
+                candidates.append((log_loss(scores, scale, weight), c, scale, weight, svm, scores))
+    _, c, scale, weight, svm, scores = min(candidates, key=lambda candidate: candidate[0])
     kernel = (scale * svm.coef_.T).astype(np.float32)
     vocabulary = int(features.shape[-1])
     head.get_layer(WIDE_LAYER).set_weights([kernel[:vocabulary]])
@@ -505,7 +520,7 @@ def fit_wide_path(head: keras.Model, fit_rows, early_variants, config: TextModel
     head.get_layer(DEEP_LAYER).set_weights([weight * deep_kernel,
                                             (weight * deep_bias + scale * svm.intercept_).astype(np.float32)])
     combined = (scale * scores + weight * deep).argmax(axis=1)
-    return {"c": config.wide_c, "scale": round(float(scale), 4), "deep_weight": weight,
+    return {"c": c, "scale": round(float(scale), 4), "deep_weight": weight,
             "early_stopping_accuracy": round(float(np.mean(combined == truth)), 4),
             "svm_early_stopping_accuracy": round(float(np.mean(scores.argmax(axis=1) == truth)), 4),
             "deep_early_stopping_accuracy": round(float(np.mean(deep.argmax(axis=1) == truth)), 4)}
