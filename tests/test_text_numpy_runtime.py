@@ -227,3 +227,34 @@ def test_synthetic_text_bundle_carries_the_numpy_runtime(synthetic_models):
     text = read_bundle(synthetic_models, "text")
     assert numpy_record(text.metadata) is not None and (text.path / VECTORIZER_FILE).is_file()
     assert TextModel(text).runner.runtime == NUMPY
+
+
+class TitleVectors:
+    """Stands in for E5Encoder (whose weights a test cannot load): a fixed unit vector per title."""
+
+    calls: list[list[str]] = []
+
+    def __init__(self, **kwargs):
+        pass
+
+    def encode(self, texts):
+        TitleVectors.calls.append(list(texts))
+        return np.stack([unit_vectors(1, sum(map(ord, text)))[0] for text in texts])
+
+
+def test_text_encoder_setting_feeds_the_title_embeddings_or_zeros(bundle, runtime, monkeypatch):
+    import text_service.e5_encoder
+
+    monkeypatch.setattr(text_service.e5_encoder, "E5Encoder", TitleVectors)
+    prepared = sample_products(6, seed=13)
+    text, cleaned = [p.text for p in prepared], [p.cleaned for p in prepared]
+    with_e5 = TextModel(bundle, encoder="tfidf+e5").predict(prepared)
+    assert TitleVectors.calls[-1] == [p.title for p in prepared] and prepared[0].title
+    expected = runtime(text=text, cleaned=cleaned, e5=TitleVectors().encode([p.title for p in prepared]))
+    for name in ("embedding", "probabilities"):
+        np.testing.assert_allclose(np.stack([getattr(p, name) for p in with_e5]), expected[name], atol=1e-6)
+    without = TextModel(bundle).predict(prepared)  # TEXT_ENCODER=tfidf: the e5 input is zeros
+    expected = runtime(text=text, cleaned=cleaned, e5=np.zeros((6, E5_DIM), np.float32))
+    for name in ("embedding", "probabilities"):
+        np.testing.assert_allclose(np.stack([getattr(p, name) for p in without]), expected[name], atol=1e-6)
+    assert not np.allclose(np.stack([p.embedding for p in with_e5]), expected["embedding"], atol=1e-3)
