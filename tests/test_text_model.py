@@ -7,6 +7,7 @@ here reads ../shared/rakuten. Rows are `PreprocessedText`: the invented words ar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -25,9 +26,10 @@ from text_service.preprocessing import PreprocessedText  # noqa: E402
 from training import evaluate_text, train_text  # noqa: E402
 from training.fitting import FitConfig, early_stopping_split  # noqa: E402
 from training.reports import CONFUSION_MATRIX_FILE, METRICS_FILE, REPORT_FILE, write_report  # noqa: E402
-from training.text_model import (EMBEDDING_LAYER, CharNgramsWithinWords,  # noqa: E402
+from training.text_model import (E5_DIM, EMBEDDING_LAYER, HIDDEN_LAYER, WIDE_LAYER,  # noqa: E402
+                                 CharNgramsWithinWords, StoredDense, model_encoders,
                                  StudyBaselineConfig, TextModelConfig, config_dict, export_text_bundle,
-                                 merge_members, predict_embeddings, predict_probabilities, text_inputs,
+                                 predict_embeddings, predict_probabilities, text_inputs,
                                  train_study_baseline, train_text_model)
 
 CLASS_WORDS = [
@@ -39,7 +41,7 @@ CLASS_WORDS = [
 FILLER = ["produit", "qualite", "couleur", "livraison", "format", "modele"]
 CODES = [10, 40, 1280, 2583]
 NAMES = ["Classe un", "Classe deux", "Classe trois", "Classe quatre"]
-SMALL = TextModelConfig(word_vocabulary=500, char_vocabulary=300, embedding_dim=16, ensemble=2,
+SMALL = TextModelConfig(word_vocabulary=500, char_vocabulary=300, embedding_dim=16,
                         fit=FitConfig(learning_rate=1e-2, batch_size=16, max_epochs=25, seed=1))
 
 
@@ -100,8 +102,9 @@ def test_model_learns_synthetic_classes(trained):
     predicted = predict_probabilities(trained.model, rows).argmax(axis=1)
     assert (predicted == labels).mean() >= 0.9
     assert trained.rows_train + trained.rows_early_stopping == 160
-    assert trained.model.get_layer(EMBEDDING_LAYER).units == 16
-    assert len(trained.member_epochs) == 2
+    # the 16 hidden units and the 4 wide logits, so the probabilities are linear in the embedding
+    assert trained.model.get_layer(EMBEDDING_LAYER).output.shape[-1] == 16 + len(CLASS_WORDS)
+    assert 1 <= trained.epochs == len(trained.history["loss"])
     assert "val_loss" in trained.history
     assert set(trained.model.input) == {"text", "cleaned"}
 
@@ -136,33 +139,45 @@ def test_text_inputs_accepts_rows_frames_and_mappings(trained):
         predict_probabilities(trained.model, [r.text for r in rows])  # the model needs both views
 
 
-def test_merged_members_average_the_logits():
-    rng = np.random.default_rng(0)
-    features = rng.normal(size=(6, 10)).astype("float32")
+def e5_vectors(labels: np.ndarray, seed: int) -> np.ndarray:
+    """Stand-ins for e5 title embeddings: unit vectors around one direction per class."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(CLASS_WORDS), E5_DIM))
+    vectors = centres[labels] + 0.5 * rng.normal(size=(len(labels), E5_DIM))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
-    def head(units):
-        built = [layers.Dense(units, activation="relu"), layers.Dense(3, activation="softmax")]
-        x = layers.Input((10,))
-        for layer in built:
-            x = layer(x)
-        return built
 
-    def logits(member, x):
-        hidden = np.maximum(x @ member[0].get_weights()[0] + member[0].get_weights()[1], 0)
-        return hidden @ member[1].get_weights()[0] + member[1].get_weights()[1]
+def title_rows(rows: list[PreprocessedText]) -> list[PreprocessedText]:
+    """The same products with their title alone: the first class word of each text."""
+    titles = []
+    for row in rows:
+        word = next(w for w in row.text.split() if any(w in words for words in CLASS_WORDS))
+        titles.append(PreprocessedText(text=word, language="fr", cleaned=word))
+    return titles
 
-    members = [head(4), head(4)]
-    for member in members:
-        for layer in member:
-            layer.set_weights([rng.normal(size=w.shape).astype("float32") for w in layer.get_weights()])
-    merged = head(8)
-    merge_members(members, merged)
-    mean_logits = np.mean([logits(m, features) for m in members], axis=0)
-    expected = np.exp(mean_logits) / np.exp(mean_logits).sum(axis=1, keepdims=True)
-    x = features
-    for layer in merged:
-        x = layer(x)
-    np.testing.assert_allclose(np.asarray(x), expected, rtol=1e-4, atol=1e-6)
+
+def test_e5_tower_title_only_copies_and_the_model_without_e5():
+    """One model serves both encoder settings (e5 present or zeroed) and titles sent alone."""
+    rows, labels = synthetic_rows(200, seed=5)
+    e5 = e5_vectors(labels, seed=5)
+    config = dataclasses.replace(SMALL, e5=True, e5_dropout=0.5)
+    trained = train_text_model(rows, labels, len(CLASS_WORDS), config, title_only=title_rows(rows), e5=e5)
+    assert model_encoders(trained.model) == ["tfidf", "tfidf+e5"]
+    test_rows, test_labels = synthetic_rows(80, seed=6)
+    for inputs, vectors in ((test_rows, e5_vectors(test_labels, seed=5)), (test_rows, None),
+                            (title_rows(test_rows), None)):
+        predicted = predict_probabilities(trained.model, inputs, vectors).argmax(axis=1)
+        assert (predicted == test_labels).mean() >= 0.9
+    # the e5 input alone carries the class too: the tower is used, not ignored
+    filler = [PreprocessedText(text="produit", language="fr", cleaned="produit")] * len(test_labels)
+    vectors = e5_vectors(test_labels, seed=5)
+    assert (predict_probabilities(trained.model, filler, vectors).argmax(axis=1) == test_labels).mean() >= 0.6
+
+
+def test_big_kernels_are_stored_as_float16(trained):
+    hidden = trained.model.get_layer(HIDDEN_LAYER)
+    assert isinstance(hidden, StoredDense) and hidden.kernel.dtype == "float16"
+    assert trained.model.get_layer(WIDE_LAYER).kernel.dtype == "float16"
 
 
 def test_bundle_signature_serves_embedding_and_probabilities(trained, bundle):
@@ -171,7 +186,7 @@ def test_bundle_signature_serves_embedding_and_probabilities(trained, bundle):
     inputs = {name: tf.constant(values) for name, values in text_inputs(rows).items()}
     outputs = signature(**inputs)
     assert outputs["embedding"].dtype == tf.float32
-    assert outputs["embedding"].shape == (5, 16)
+    assert outputs["embedding"].shape == (5, 16 + len(CODES))
     np.testing.assert_allclose(outputs["embedding"].numpy(), predict_embeddings(trained.model, rows), atol=1e-5)
     probabilities = outputs["probabilities"].numpy()
     assert probabilities.shape == (5, len(CLASS_WORDS))
@@ -197,9 +212,9 @@ def test_bundle_metadata_has_required_fields(bundle):
         assert metadata["inputs"][name]["dtype"] == "string"
         assert metadata["inputs"][name]["shape"] == [-1]
         assert f"preprocess(designation, description).{name}" in metadata["inputs"][name]["description"]
-    assert metadata["outputs"]["embedding"] == {"dtype": "float32", "shape": [-1, 16]}
+    assert metadata["outputs"]["embedding"] == {"dtype": "float32", "shape": [-1, 16 + len(CODES)]}
     assert metadata["outputs"]["probabilities"]["shape"] == [-1, len(CODES)]
-    assert metadata["embedding_dim"] == 16
+    assert metadata["embedding_dim"] == 16 + len(CODES)
     assert {"fingerprint", "rows_train", "rows_early_stopping"} <= set(metadata["training_data"])
     assert {"val_weighted_f1", "val_macro_f1", "val_rows"} <= set(metadata["metrics"])
     assert {"tensorflow", "keras"} <= set(metadata["framework"])
@@ -258,11 +273,11 @@ def test_train_and_evaluate_clis_end_to_end(tmp_path, monkeypatch, capsys):
 
     assert train_text.main(["--data", str(data), "--models", str(models), "--epochs", "15",
                             "--word-vocabulary", "300", "--char-vocabulary", "500", "--embedding-dim", "16",
-                            "--verbose", "0"]) == 0
+                            "--text-encoder", "tfidf", "--verbose", "0"]) == 0
     caches = list((tmp_path / "cache").glob("text-preprocessed-*.csv"))
     assert len(caches) == 1
     assert list(pd.read_csv(caches[0]).columns) == ["index", "text", "language", "cleaned"]
-    assert "text model  weighted F1" in capsys.readouterr().out
+    assert "text model (tfidf)  weighted F1" in capsys.readouterr().out
     metadata = read_bundle(models, "text").metadata
     assert metadata["training_data"]["rows_train"] + metadata["training_data"]["rows_early_stopping"] == 96
     # class_priors: the shares of the 96 training labels, as the backfill computes them from catalog.csv
@@ -272,7 +287,8 @@ def test_train_and_evaluate_clis_end_to_end(tmp_path, monkeypatch, capsys):
 
     assert evaluate_text.main(["--data", str(data), "--models", str(models), "--report", str(report)]) == 0
     out = capsys.readouterr().out
-    assert "text model  weighted F1" in out and "(n=24)" in out
+    assert "text model, TEXT_ENCODER=tfidf, title + description  weighted F1" in out and "(n=24)" in out
+    assert "text model, TEXT_ENCODER=tfidf, title only  weighted F1" in out
     assert "logistic regression  weighted F1" in out
     assert "cleaned char_wb 2-5-grams + linear SVM  weighted F1" in out
     assert {REPORT_FILE, CONFUSION_MATRIX_FILE, METRICS_FILE} <= {p.name for p in report.iterdir()}

@@ -22,16 +22,17 @@ from common.model_bundle import bundle_size_bytes, read_bundle  # noqa: E402
 from common.runtime import ONNX, TENSORFLOW, RuntimeConfig, RuntimeUnavailable  # noqa: E402
 from common.settings import PROJECT_ROOT  # noqa: E402
 from tests.synthetic_products import LABELS, products  # noqa: E402
-from text_service.model import TextModel, text_runtime  # noqa: E402
+from text_service.model import EncoderUnavailable, TextModel, text_runtime  # noqa: E402
 from text_service.numpy_model import NUMPY, VECTORIZER_FILE, NumpyTextModel, numpy_record  # noqa: E402
 from text_service.preprocessing import preprocess  # noqa: E402
 from training.fitting import FitConfig  # noqa: E402
-from training.text_model import TextModelConfig, export_text_bundle, train_text_model  # noqa: E402
+from training.text_model import E5_DIM, TextModelConfig, export_text_bundle, train_text_model  # noqa: E402
 from training.text_runtime_files import write_numpy_runtime  # noqa: E402
 
 TOLERANCE = 1e-4
 # Small vocabularies, so that product texts hold out-of-vocabulary words and n-grams.
-SMALL = TextModelConfig(word_vocabulary=120, char_vocabulary=400, embedding_dim=16,
+# With the wide path, the e5 tower and float16 kernels: every part the runtime computes.
+SMALL = TextModelConfig(word_vocabulary=120, char_vocabulary=400, embedding_dim=16, e5=True,
                         fit=FitConfig(max_epochs=6, learning_rate=1e-2))
 
 ODD_STRINGS = [
@@ -48,11 +49,16 @@ def sample_products(count: int, seed: int):
     return [preprocess(designation, description) for designation, description in texts]
 
 
+def unit_vectors(count: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(count, E5_DIM)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     texts, labels = products(240, 0)
     prepared = [preprocess(designation, description) for designation, description in texts]
-    trained = train_text_model(prepared, labels, len(LABELS), SMALL)
+    trained = train_text_model(prepared, labels, len(LABELS), SMALL, e5=unit_vectors(240, 0))
     return export_text_bundle(trained.model, tmp_path_factory.mktemp("models"),
                               [(label.code, label.name) for label in LABELS],
                               training_data={"synthetic": True}, metrics={}, hyperparameters={})
@@ -69,8 +75,11 @@ def runtime(bundle):
 
 
 def max_difference(signature, runtime, text, cleaned) -> float:
-    expected = signature(text=tf.constant(text, dtype=tf.string), cleaned=tf.constant(cleaned, dtype=tf.string))
-    got = runtime(text=np.array(text, dtype=object), cleaned=np.array(cleaned, dtype=object))
+    """On a model with the e5 tower, with random e5 vectors (the zero vector is checked at export)."""
+    e5 = {"e5": unit_vectors(len(text), len(text))} if runtime.has_e5 else {}
+    expected = signature(text=tf.constant(text, dtype=tf.string), cleaned=tf.constant(cleaned, dtype=tf.string),
+                         **{name: tf.constant(value) for name, value in e5.items()})
+    got = runtime(text=np.array(text, dtype=object), cleaned=np.array(cleaned, dtype=object), **e5)
     for name in ("embedding", "probabilities"):
         assert got[name].dtype == np.float32 and got[name].shape == tuple(expected[name].shape)
     return max(float(np.max(np.abs(got[name] - expected[name].numpy()))) for name in ("embedding", "probabilities"))
@@ -82,8 +91,13 @@ def test_export_writes_the_runtime_files_checked_against_the_saved_model(bundle)
     assert section["vectorizer"] == VECTORIZER_FILE and (bundle.path / VECTORIZER_FILE).is_file()
     assert section["max_abs_difference"] <= TOLERANCE
     assert (bundle.path / section["weights"]["file"]).is_file()
-    assert set(section["weights"]["tensors"]) == {"word_idf", "char_idf", "embedding_kernel", "embedding_bias",
-                                                  "probabilities_kernel", "probabilities_bias"}
+    tensors = section["weights"]["tensors"]
+    assert set(tensors) == {"word_idf", "char_idf", "hidden_kernel", "hidden_bias", "deep_kernel", "deep_bias",
+                            "wide_kernel", "e5_hidden_kernel", "e5_wide_kernel"}
+    assert tensors["hidden_kernel"]["dtype"] == tensors["wide_kernel"]["dtype"] == "float16"
+    assert bundle.metadata["encoders"] == ["tfidf", "tfidf+e5"]
+    assert bundle.metadata["inputs"]["e5"] == {"dtype": "float32", "shape": [-1, E5_DIM],
+                                               "description": bundle.metadata["inputs"]["e5"]["description"]}
     # the weights are read from the SavedModel's variables, not stored a second time
     assert bundle_size_bytes(bundle.path) < bundle_size_bytes(bundle.path / "variables") * 1.2 + 2_000_000
     spec = json.loads((bundle.path / VECTORIZER_FILE).read_text(encoding="utf-8"))
@@ -109,9 +123,10 @@ def test_same_outputs_on_odd_strings(signature, runtime):
 
 def test_bytes_inputs_as_tf_serving_sends_them(runtime):
     prepared = sample_products(4, seed=3)
-    as_str = runtime(text=[p.text for p in prepared], cleaned=[p.cleaned for p in prepared])
+    e5 = unit_vectors(4, 1)
+    as_str = runtime(text=[p.text for p in prepared], cleaned=[p.cleaned for p in prepared], e5=e5)
     as_bytes = runtime(text=np.array([p.text.encode() for p in prepared], dtype=object),
-                       cleaned=np.array([p.cleaned.encode() for p in prepared], dtype=object))
+                       cleaned=np.array([p.cleaned.encode() for p in prepared], dtype=object), e5=e5)
     for name in as_str:
         np.testing.assert_array_equal(as_str[name], as_bytes[name])
     with pytest.raises(ValueError, match="missing"):
@@ -191,7 +206,8 @@ def test_other_ngram_widths_match_too(tmp_path):
     texts, labels = products(120, 4)
     prepared = [preprocess(designation, description) for designation, description in texts]
     config = TextModelConfig(word_vocabulary=200, word_ngrams=3, char_vocabulary=150, char_ngrams=(3,),
-                             embedding_dim=8, fit=FitConfig(max_epochs=2, learning_rate=1e-2))
+                             embedding_dim=8, wide=False, kernel_dtype="float32",
+                             fit=FitConfig(max_epochs=2, learning_rate=1e-2))
     model = train_text_model(prepared, labels, len(LABELS), config).model
     other = export_text_bundle(model, tmp_path, [(label.code, label.name) for label in LABELS],
                                training_data={}, metrics={}, hyperparameters={})
@@ -201,6 +217,9 @@ def test_other_ngram_widths_match_too(tmp_path):
     probe = sample_products(16, seed=9)
     assert max_difference(signature, runtime, [p.text for p in probe], [p.cleaned for p in probe]) <= TOLERANCE
     assert max_difference(signature, runtime, ODD_STRINGS, ODD_STRINGS) <= TOLERANCE
+    assert not runtime.has_e5 and other.metadata["encoders"] == ["tfidf"]
+    with pytest.raises(EncoderUnavailable, match="no e5 tower"):
+        TextModel(other, encoder="tfidf+e5")
 
 
 def test_synthetic_text_bundle_carries_the_numpy_runtime(synthetic_models):
@@ -208,3 +227,34 @@ def test_synthetic_text_bundle_carries_the_numpy_runtime(synthetic_models):
     text = read_bundle(synthetic_models, "text")
     assert numpy_record(text.metadata) is not None and (text.path / VECTORIZER_FILE).is_file()
     assert TextModel(text).runner.runtime == NUMPY
+
+
+class TitleVectors:
+    """Stands in for E5Encoder (whose weights a test cannot load): a fixed unit vector per title."""
+
+    calls: list[list[str]] = []
+
+    def __init__(self, **kwargs):
+        pass
+
+    def encode(self, texts):
+        TitleVectors.calls.append(list(texts))
+        return np.stack([unit_vectors(1, sum(map(ord, text)))[0] for text in texts])
+
+
+def test_text_encoder_setting_feeds_the_title_embeddings_or_zeros(bundle, runtime, monkeypatch):
+    import text_service.e5_encoder
+
+    monkeypatch.setattr(text_service.e5_encoder, "E5Encoder", TitleVectors)
+    prepared = sample_products(6, seed=13)
+    text, cleaned = [p.text for p in prepared], [p.cleaned for p in prepared]
+    with_e5 = TextModel(bundle, encoder="tfidf+e5").predict(prepared)
+    assert TitleVectors.calls[-1] == [p.title for p in prepared] and prepared[0].title
+    expected = runtime(text=text, cleaned=cleaned, e5=TitleVectors().encode([p.title for p in prepared]))
+    for name in ("embedding", "probabilities"):
+        np.testing.assert_allclose(np.stack([getattr(p, name) for p in with_e5]), expected[name], atol=1e-6)
+    without = TextModel(bundle).predict(prepared)  # TEXT_ENCODER=tfidf: the e5 input is zeros
+    expected = runtime(text=text, cleaned=cleaned, e5=np.zeros((6, E5_DIM), np.float32))
+    for name in ("embedding", "probabilities"):
+        np.testing.assert_allclose(np.stack([getattr(p, name) for p in without]), expected[name], atol=1e-6)
+    assert not np.allclose(np.stack([p.embedding for p in with_e5]), expected["embedding"], atol=1e-3)

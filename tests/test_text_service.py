@@ -22,8 +22,9 @@ from text_service.preprocessing import preprocess
 from training.fitting import FitConfig
 from training.text_model import TextModelConfig, export_text_bundle, train_text_model
 
-EMBEDDING_DIM = 16
-SMALL = TextModelConfig(word_vocabulary=300, char_vocabulary=300, char_ngrams=(3,), embedding_dim=EMBEDDING_DIM,
+HIDDEN_UNITS = 16
+EMBEDDING_DIM = HIDDEN_UNITS + len(LABELS)  # the hidden units and the wide path's logits
+SMALL = TextModelConfig(word_vocabulary=300, char_vocabulary=300, char_ngrams=(3,), embedding_dim=HIDDEN_UNITS,
                         fit=FitConfig(max_epochs=15, learning_rate=1e-2))
 
 

@@ -8,12 +8,15 @@ what the bundle carries next to its SavedModel:
     text    -> ASCII-whitespace words -> 1..n-grams joined by " "      -> vocabulary index (0: OOV)
     cleaned -> each word as " word " -> character n-grams, never across words -> vocabulary index
             -> counts -> (1 + log tf) * idf -> L2 (x * min(rsqrt(sum x^2), 1e12)), per view
-            -> relu(features @ embedding kernel + bias)   a sparse product (SciPy CSR)
-            -> softmax(embedding @ probabilities kernel + bias)
+            -> [hidden | wide] = features @ [hidden kernel | wide kernel]   one sparse product (SciPy CSR)
+    e5      -> embedding = relu(hidden + hidden bias + e5 @ e5 hidden kernel)
+            -> softmax(embedding @ deep kernel + deep bias + wide + e5 @ e5 wide kernel)
+    embedding output = [relu hidden, wide logits] (the hidden units alone without a wide path)
 
 which is what `TextVectorization` (split=whitespace: `tf.strings.split`, ASCII white space only;
 ngrams joined by a space), `CharNgramsWithinWords` (UTF-8 code points), `SublinearTfIdf`,
-`UnitNormalization` and the two Dense layers compute (`training.text_model`). Out-of-vocabulary
+`UnitNormalization`, the wide-and-deep head and its optional e5 tower compute (`training.text_model`);
+the big TF-IDF kernels may be stored as float16, cast to float32 at load as TensorFlow casts them. Out-of-vocabulary
 terms are counted, weighed and normalised in column 0 as TensorFlow does.
 
 The bundle carries the vocabularies in `text_vectorizer.json`; the idf vectors and Dense weights
@@ -37,10 +40,12 @@ from common.runtime import TensorSpec, check_inputs
 NUMPY = "numpy"
 VECTORIZER_FILE = "text_vectorizer.json"
 INPUT_NAMES = ("text", "cleaned")
+E5_INPUT = "e5"
 OUTPUT_NAMES = ("embedding", "probabilities")
-#: The float tensors the runtime reads, in the order of the computation.
-TENSORS = ("word_idf", "char_idf", "embedding_kernel", "embedding_bias",
-           "probabilities_kernel", "probabilities_bias")
+#: The float tensors the runtime reads, in the order of the computation; OPTIONAL_TENSORS may be
+#: absent (no wide path, no e5 tower).
+TENSORS = ("word_idf", "char_idf", "hidden_kernel", "hidden_bias", "deep_kernel", "deep_bias")
+OPTIONAL_TENSORS = ("wide_kernel", "e5_hidden_kernel", "e5_wide_kernel")
 
 _KEY_LIMIT = 2 ** 63
 _WHITESPACE_POINTS = (9, 10, 11, 12, 13, 32)  # " \t\n\v\f\r": absl::ascii_isspace, as bytes.split()
@@ -203,22 +208,35 @@ class NumpyTextModel:
         self._word_index = {token.encode("utf-8"): index for index, token in enumerate(self.word_vocabulary) if index}
         self._chars = CharNgramIndex(self.char_vocabulary[1:], self.char_ngrams)
         self._chars.indices += 1  # the vocabulary without its OOV entry starts at index 1
-        t = self.tensors
+        t = {name: np.asarray(value, dtype=np.float32) for name, value in self.tensors.items()}
         self._word_idf, self._char_idf = t["word_idf"], t["char_idf"]
-        self._kernel, self._bias = t["embedding_kernel"], t["embedding_bias"]
-        self._out_kernel, self._out_bias = t["probabilities_kernel"], t["probabilities_bias"]
+        self._units = int(t["hidden_kernel"].shape[1])
+        classes = int(t["deep_kernel"].shape[1])
+        # the wide kernel beside the hidden one: one sparse product gives both
+        wide = t.get("wide_kernel")
+        self._kernel = t["hidden_kernel"] if wide is None else np.hstack([t["hidden_kernel"], wide])
+        self._bias = t["hidden_bias"]
+        self._out_kernel, self._out_bias = t["deep_kernel"], t["deep_bias"]
+        self._e5_hidden, self._e5_wide = t.get("e5_hidden_kernel"), t.get("e5_wide_kernel")
         self._char_offset = len(self.word_vocabulary)
         if len(self._word_idf) != len(self.word_vocabulary) or len(self._char_idf) != len(self.char_vocabulary) \
                 or len(self._kernel) != len(self.word_vocabulary) + len(self.char_vocabulary):
-            raise ValueError("vocabularies, idf vectors and embedding kernel do not agree in size")
+            raise ValueError("vocabularies, idf vectors and hidden kernel do not agree in size")
         self.input_specs = {name: TensorSpec(name, "string", (None,)) for name in INPUT_NAMES}
+        if self.has_e5:
+            self.input_specs[E5_INPUT] = TensorSpec(E5_INPUT, "float32", (None, int(self._e5_hidden.shape[0])))
         self.output_specs = {"embedding": TensorSpec("embedding", "float32", (None, self.embedding_dim)),
-                             "probabilities": TensorSpec("probabilities", "float32",
-                                                         (None, int(self._out_kernel.shape[1])))}
+                             "probabilities": TensorSpec("probabilities", "float32", (None, classes))}
 
     @property
     def embedding_dim(self) -> int:
+        """The hidden units, and the wide logits beside them when the model has a wide path."""
         return int(self._kernel.shape[1])
+
+    @property
+    def has_e5(self) -> bool:
+        """Whether the model has the e5 tower (an `e5` input)."""
+        return self._e5_hidden is not None
 
     def _word_counts(self, texts: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(row, vocabulary index, count) of the word n-grams of each text, sorted by row."""
@@ -243,7 +261,8 @@ class NumpyTextModel:
                 np.concatenate([word_values, char_values])[order])
 
     def __call__(self, **inputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """`serving_default`'s outputs for `text=` and `cleaned=` (sequences of str, or bytes)."""
+        """`serving_default`'s outputs for `text=`, `cleaned=` (sequences of str, or bytes) and, for a
+        model with the e5 tower, `e5=` ([n, 384] float32; zeros for an absent tower input)."""
         check_inputs(self.input_specs, inputs)
         text, cleaned = inputs["text"], inputs["cleaned"]
         text, cleaned = [_as_bytes(value) for value in text], [_as_str(value) for value in cleaned]
@@ -252,9 +271,20 @@ class NumpyTextModel:
         rows, columns, values = self.features(text, cleaned)
         # the sparse rows times the kernel, each a weighted sum of the kernel rows of its columns
         row_starts = np.searchsorted(rows, np.arange(len(text) + 1))
-        hidden = csr_array((values, columns, row_starts), shape=(len(text), len(self._kernel))) @ self._kernel
-        embedding = np.maximum(hidden + self._bias, np.float32(0.0))
+        product = csr_array((values, columns, row_starts), shape=(len(text), len(self._kernel))) @ self._kernel
+        hidden, wide = product[:, :self._units], product[:, self._units:]
+        hidden = hidden + self._bias
+        e5 = None
+        if self.has_e5:
+            e5 = np.asarray(inputs[E5_INPUT], dtype=np.float32).reshape(len(text), -1)
+            hidden = hidden + e5 @ self._e5_hidden
+        embedding = np.maximum(hidden, np.float32(0.0))
         logits = embedding @ self._out_kernel + self._out_bias
+        if wide.shape[1]:  # the embedding is the hidden units and the wide logits side by side
+            if e5 is not None and self._e5_wide is not None:
+                wide = wide + e5 @ self._e5_wide
+            logits = logits + wide
+            embedding = np.hstack([embedding, wide])
         exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         return {"embedding": embedding, "probabilities": exp / exp.sum(axis=1, keepdims=True)}
 
@@ -273,14 +303,14 @@ class NumpyTextModel:
         weights = section["weights"]
         tensors = {}
         with open(folder / weights["file"], "rb") as data:
-            for name in TENSORS:
+            for name in TENSORS + tuple(n for n in OPTIONAL_TENSORS if n in weights["tensors"]):
                 entry = weights["tensors"][name]
                 data.seek(entry["offset"])
                 count = int(np.prod(entry["shape"]))
                 array = np.fromfile(data, dtype=np.dtype(entry["dtype"]).newbyteorder("<"), count=count)
                 if array.size != count:
                     raise ValueError(f"{folder / weights['file']}: {name} is cut short")
-                tensors[name] = array.astype(np.float32, copy=False).reshape(entry["shape"])
+                tensors[name] = array.astype(np.float32).reshape(entry["shape"])  # float16 kernels widened
         return cls(spec["word"]["vocabulary"], tuple(spec["word"]["ngrams"]),
                    spec["char"]["vocabulary"], tuple(spec["char"]["ngrams"]), tensors)
 

@@ -48,6 +48,13 @@ class PreprocessedText:
     text: str      # the study's pipeline: stemmed words, no stop words, letters only
     language: str  # ISO 639-1 code or "unknown"
     cleaned: str   # HTML removed, lower case, accents folded, whitespace collapsed
+    title: str = ""  # `e5_title(designation)`: what the text model's e5 tower embeds
+
+
+def e5_title(designation: str) -> str:
+    """The text the e5 tower embeds, in training and serving alike: the title as sent (e5's own
+    tokenizer normalises it); the description is left out, so a title alone gets the same vector."""
+    return str(designation or "")
 
 
 def merge_fields(designation: str, description: str) -> str:
@@ -111,4 +118,5 @@ def preprocess(designation: str, description: str,
     """The whole pipeline for one product; `language_detector` only changes `language`."""
     text = strip_html(merge_fields(designation, description))
     return PreprocessedText(text=" ".join(normalize_words(text)),
-                            language=detect_language(text, language_detector), cleaned=clean(text))
+                            language=detect_language(text, language_detector), cleaned=clean(text),
+                            title=e5_title(designation))

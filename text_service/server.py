@@ -14,7 +14,7 @@ from common.settings import ModelServiceSettings, metrics_port_field, port_field
 from common.timing import StageTimer
 from rakuten.v1 import text_pb2, text_pb2_grpc
 from text_service.language import DEFAULT_DETECTOR, LanguageDetector, load_detector
-from text_service.model import TextModel, TextPrediction
+from text_service.model import TFIDF, TextEncoderChoice, TextModel, TextPrediction
 from text_service.preprocessing import PreprocessedText, preprocess
 from common.validation import check_product_text
 
@@ -28,6 +28,9 @@ class TextServiceSettings(ModelServiceSettings):
     max_designation_chars: int = Field(1_000, ge=1, description="longest title accepted")
     max_description_chars: int = Field(50_000, ge=1, description="longest description accepted")
     preprocess_threads: int = Field(2, ge=1, description="threads running the text pipeline")
+    text_encoder: TextEncoderChoice = Field(
+        TFIDF, description="tfidf: the TF-IDF views only; tfidf+e5: also e5 embeddings of the title "
+                           "(the bundle must be trained with the e5 tower)")
     language_detector: LanguageDetector = Field(
         DEFAULT_DETECTOR, description="detector of the language answered: py3langid (fast) or langdetect (the study's)")
 
@@ -38,7 +41,7 @@ class TextService(BatchedModelService[str, TextPrediction], text_pb2_grpc.TextEn
 
     def __init__(self, settings: TextServiceSettings):
         runtime = RuntimeConfig.from_settings(settings)
-        super().__init__(settings, lambda bundle: TextModel(bundle, runtime), settings.preprocess_threads,
+        super().__init__(settings, lambda bundle: TextModel(bundle, runtime, settings.text_encoder), settings.preprocess_threads,
                          "text-pipeline")
         self.settings: TextServiceSettings = settings
         load_detector(settings.language_detector)  # its model loads now, not on the first request

@@ -8,7 +8,12 @@ so the figures are those of the served model, not of the Keras object training h
 Any folder in the challenge's layout works; where it has a split == train, baselines are trained
 on it and measured on the same val rows: the study's Keras architecture, TF-IDF + logistic
 regression, word + character TF-IDF with a linear SVM on the normalised text, and the same SVM
-on the two views the model reads (normalised words, character n-grams of the cleaned text).
+on the two views the model reads (normalised words, character n-grams of the cleaned text), with
+and without the e5 title embeddings beside them.
+
+The bundle is measured under each encoder setting it was trained for (TEXT_ENCODER: tfidf, and
+tfidf+e5 with the tower; the report's model is the richest), and on the same val products sent
+with their title alone (description dropped, `preprocess(designation, "")`).
 """
 
 from __future__ import annotations
@@ -27,12 +32,12 @@ from sklearn.svm import LinearSVC
 
 from common.model_bundle import bundle_size_bytes, read_bundle
 from common.scores import Calibration
-from text_service.model import TextModel
+from text_service.model import TFIDF_E5, TextModel, bundle_encoders
 from training.data import PROJECT_ROOT, data_dir
 from training.fusion_data import encode_texts
 from training.reports import f1_scores, provenance, summarise_calibration, write_report
 from training.text_model import INPUT_NAMES, MODEL_NAME, SERVING_SIGNATURE, predict_probabilities, train_study_baseline
-from training.train_text import TextSplits, load_text_splits
+from training.train_text import TextSplits, load_text_splits, load_title_only, title_embeddings
 
 TEXT_AND_IMAGE = "text + image"
 
@@ -74,11 +79,24 @@ def two_view_svm_predictions(splits: TextSplits) -> np.ndarray:
     return LinearSVC(C=0.5).fit(train, splits.train["prdtypecode"]).predict(val)
 
 
+def two_view_e5_svm_predictions(splits: TextSplits) -> np.ndarray:
+    """The two-view SVM with the e5 embeddings of the title appended (the text model's inputs
+    under TEXT_ENCODER=tfidf+e5); each TF-IDF view has unit rows, and so has e5's."""
+    words = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, token_pattern=r"\S+")
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, lowercase=False)
+    train = scipy.sparse.hstack([words.fit_transform(splits.train["text"]), chars.fit_transform(splits.train["cleaned"]),
+                                 title_embeddings(splits.train)]).tocsr()
+    val = scipy.sparse.hstack([words.transform(splits.val["text"]), chars.transform(splits.val["cleaned"]),
+                               title_embeddings(splits.val)]).tocsr()
+    return LinearSVC(C=0.5).fit(train, splits.train["prdtypecode"]).predict(val)
+
+
 BASELINES: dict[str, Callable[[TextSplits], np.ndarray]] = {
     "study architecture (TextVectorization + Embedding + dense/dropout)": study_baseline_predictions,
     "TF-IDF word 1-2-grams + logistic regression": tfidf_logistic_predictions,
     "TF-IDF word 1-2 + char 2-5-grams + linear SVM": tfidf_svm_predictions,
     "TF-IDF normalised words 1-2 + cleaned char_wb 2-5-grams + linear SVM": two_view_svm_predictions,
+    "the same two views + e5 of the title + linear SVM": two_view_e5_svm_predictions,
 }
 
 
@@ -104,20 +122,32 @@ def main(argv: list[str] | None = None) -> int:
     if splits.val.empty:
         raise SystemExit(f"{root}: no split == val products with text to evaluate")
     y_true = splits.val["prdtypecode"].to_numpy()
-    _, raw = encode_texts(TextModel(bundle), splits.val)
     calibration = Calibration.of(bundle.metadata)
-    y_pred = np.asarray(bundle_codes)[calibration.apply(raw).argmax(axis=1)]
-    print(f1_scores(y_true, y_pred, splits.codes).line("text model"), flush=True)
+    title_only = load_title_only(splits.val).assign(designation=splits.val["designation"].to_numpy())
+    variants, raw, y_pred = [], None, None
+    for encoder in bundle_encoders(bundle):
+        model = TextModel(bundle, encoder=encoder)
+        for rows, sent in ((splits.val, "title + description"), (title_only, "title only")):
+            _, probabilities = encode_texts(model, rows)
+            predictions = np.asarray(bundle_codes)[calibration.apply(probabilities).argmax(axis=1)]
+            name = f"text model, TEXT_ENCODER={encoder}, {sent}"
+            print(f1_scores(y_true, predictions, splits.codes).line(name), flush=True)
+            variants.append((name, predictions))
+            if rows is splits.val:  # the report's model: the bundle under its last (richest) setting
+                raw, y_pred, model_name = probabilities, predictions, name
+    variants = [(name, predictions) for name, predictions in variants if name != model_name]
     has_image = splits.val["has_image"].astype(bool).to_numpy()
     confidence = summarise_calibration(raw, splits.label_indices(splits.val), calibration,
                                        {"text only": ~has_image, TEXT_AND_IMAGE: has_image})
     print("\n".join(confidence.lines()), flush=True)
 
-    baselines = []
+    baselines = list(variants)
     if splits.train.empty:
         print("no split == train rows in this folder: baselines skipped", flush=True)
     else:
         for name, predict in BASELINES.items():
+            if predict is two_view_e5_svm_predictions and TFIDF_E5 not in bundle_encoders(bundle):
+                continue  # the model's own inputs only
             start = time.perf_counter()
             predictions = predict(splits)
             print(f1_scores(y_true, predictions, splits.codes).line(name)
@@ -129,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     write_report(
         args.report,
         title="Text model: evaluation on split == val",
-        model_name=f"text model v{bundle.version}",
+        model_name=f"v{bundle.version}: {model_name}",
         y_true=y_true,
         y_pred=y_pred,
         categories=[(c.code, c.name) for c in splits.categories],
@@ -141,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                f"+ {training_data.get('rows_early_stopping', '?')} early-stopping rows), "
                f"evaluated on split == val through `TextModel` (`{SERVING_SIGNATURE}` signature, "
                f"inputs {', '.join(f'`{name}`' for name in INPUT_NAMES)})",
+               "- the bundle's other settings and title-only rows (description dropped) are on the same val products",
                "- baselines are trained on split == train and evaluated on the same val rows"
-               if baselines else "- no split == train rows in the data folder: no baselines"],
+               if len(baselines) > len(variants) else "- no split == train rows in the data folder: no baselines"],
         calibration=confidence,
         provenance=provenance(root, [bundle])
     )

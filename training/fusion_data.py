@@ -24,7 +24,7 @@ from common.scores import Calibration
 from fusion_service.model import FusionModel
 from image_service.model import ImageModel
 from text_service.model import TextModel
-from text_service.preprocessing import PreprocessedText
+from text_service.preprocessing import PreprocessedText, e5_title
 from training.data import PROJECT_ROOT, Category, fingerprint, load_categories
 from training.image_model import (
     EMBEDDING_OUTPUT,
@@ -107,9 +107,11 @@ def _check_labels(bundle: BundleInfo, codes: list[int]) -> None:
 
 
 def encode_texts(model: TextModel, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings, probabilities) of preprocessed rows (`text`, `language`, `cleaned` columns)."""
-    prepared = [PreprocessedText(text=t, language=lang, cleaned=c)
-                for t, lang, c in zip(rows["text"], rows["language"], rows["cleaned"])]
+    """(embeddings, probabilities) of preprocessed rows (`text`, `language`, `cleaned` columns, and
+    `designation`, the title the e5 tower reads, when present)."""
+    titles = rows["designation"] if "designation" in rows else [""] * len(rows)
+    prepared = [PreprocessedText(text=t, language=lang, cleaned=c, title=e5_title(d))
+                for t, lang, c, d in zip(rows["text"], rows["language"], rows["cleaned"], titles)]
     outputs = [p for start in range(0, len(prepared), _TEXT_BATCH)
                for p in model.predict(prepared[start:start + _TEXT_BATCH])]
     if not outputs:

@@ -52,29 +52,48 @@ def _vocabulary(table) -> list[str]:
     return vocabulary
 
 
-def _layers(module) -> tuple[list, list, list]:
-    """The restored model's lookup tables, idf weights and Dense layers, in the model's order
-    (word branch before character branch, embedding before probabilities)."""
+def _layers(module) -> tuple[list, list, dict]:
+    """The restored model's lookup tables and idf weights (word branch before character branch),
+    and its head's tensors by the runtime's names (`numpy_model.TENSORS`, `OPTIONAL_TENSORS`).
+
+    Restored layers keep no names, so the head's are told apart by kind, in the model's order:
+    `StoredDense` (a `kernel`) with a bias is the TF-IDF hidden layer, without one the wide path;
+    Dense (a `_kernel`) with a bias is the deep logits; bias-less Dense layers are the e5 tower's,
+    into the hidden layer first, then into the wide path.
+    """
     operations = list(module.model._operations)
     tables = [op._lookup_layer.lookup_table for op in operations if hasattr(op, "_lookup_layer")]
     idfs = [op.idf for op in operations if hasattr(op, "idf")]
-    dense = [op for op in operations if hasattr(op, "_kernel")]
-    if (len(tables), len(idfs), len(dense)) != (2, 2, 2):
-        raise ValueError(f"not a two-view text model: {len(tables)} vocabularies, {len(idfs)} idf "
-                         f"weightings, {len(dense)} Dense layers")
-    return tables, idfs, dense
+    head, e5 = {}, []
+    for op in operations:
+        stored, dense, bias = hasattr(op, "kernel"), hasattr(op, "_kernel"), hasattr(op, "bias")
+        if stored:
+            head["hidden_kernel" if bias else "wide_kernel"] = op.kernel
+            if bias:
+                head["hidden_bias"] = op.bias
+        elif dense and bias:
+            head["deep_kernel"], head["deep_bias"] = op._kernel, op.bias
+        elif dense:
+            e5.append(op._kernel)
+    head.update(zip(("e5_hidden_kernel", "e5_wide_kernel"), e5))
+    if (len(tables), len(idfs)) != (2, 2) or not set(numpy_model.TENSORS[2:]) <= set(head) or len(e5) > 2:
+        raise ValueError(f"not a two-view wide-and-deep text model: {len(tables)} vocabularies, {len(idfs)} idf "
+                         f"weightings, head tensors {sorted(head)} and {len(e5)} e5 kernels")
+    return tables, idfs, head
 
 
 def _offsets(data_file: Path, tensors: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    """Where each tensor's little-endian bytes lie in the SavedModel's variables file."""
+    """Where each tensor's little-endian bytes (float32, or float16 for a half-precision kernel) lie in
+    the SavedModel's variables file."""
     data = data_file.read_bytes()
     entries = {}
     for name, array in tensors.items():
-        raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
+        dtype = "float16" if array.dtype == np.float16 else "float32"
+        raw = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
         offset = data.find(raw)
         if offset < 0:
-            raise ValueError(f"{data_file}: {name} is not stored as raw float32")
-        entries[name] = {"offset": offset, "shape": list(array.shape), "dtype": "float32"}
+            raise ValueError(f"{data_file}: {name} is not stored as raw {dtype}")
+        entries[name] = {"offset": offset, "shape": list(array.shape), "dtype": dtype}
     return entries
 
 
@@ -87,11 +106,10 @@ def write_numpy_runtime(folder: str | Path, word_ngrams: Sequence[int],
     """
     folder = Path(folder)
     module = tf.saved_model.load(str(folder))
-    tables, idfs, dense = _layers(module)
+    tables, idfs, head = _layers(module)
     word_vocabulary, char_vocabulary = (_vocabulary(table) for table in tables)
     tensors = {"word_idf": idfs[0].numpy(), "char_idf": idfs[1].numpy(),
-               "embedding_kernel": dense[0]._kernel.numpy(), "embedding_bias": dense[0].bias.numpy(),
-               "probabilities_kernel": dense[1]._kernel.numpy(), "probabilities_bias": dense[1].bias.numpy()}
+               **{name: variable.numpy() for name, variable in head.items()}}
     shards = sorted((folder / "variables").glob("variables.data-*"))
     if len(shards) != 1:
         raise ValueError(f"{folder}: expected one variables shard, found {len(shards)}")
@@ -110,13 +128,23 @@ def write_numpy_runtime(folder: str | Path, word_ngrams: Sequence[int],
 
 
 def _check(runtime: NumpyTextModel, signature) -> float:
-    """The largest output difference from the SavedModel on `PROBES`; raises above `TOLERANCE`."""
+    """The largest output difference from the SavedModel on `PROBES` (with e5 vectors absent and
+    random, for a model with the tower); raises above `TOLERANCE`."""
     text = [pair[0] for pair in PROBES]
     cleaned = [pair[1] for pair in PROBES]
-    expected = signature(text=tf.constant(text), cleaned=tf.constant(cleaned))
-    got = runtime(text=text, cleaned=cleaned)
-    difference = max(float(np.max(np.abs(got[name] - expected[name].numpy())))
-                     for name in numpy_model.OUTPUT_NAMES)
+    e5_cases = [None]
+    if runtime.has_e5:
+        dim = runtime.input_specs[numpy_model.E5_INPUT].shape[1]
+        vectors = np.random.default_rng(0).normal(size=(len(PROBES), dim)).astype(np.float32)
+        e5_cases = [np.zeros_like(vectors), vectors / np.linalg.norm(vectors, axis=1, keepdims=True)]
+    difference = 0.0
+    for e5 in e5_cases:
+        extra = {} if e5 is None else {numpy_model.E5_INPUT: e5}
+        expected = signature(text=tf.constant(text), cleaned=tf.constant(cleaned),
+                             **{k: tf.constant(v) for k, v in extra.items()})
+        got = runtime(text=text, cleaned=cleaned, **extra)
+        difference = max([difference] + [float(np.max(np.abs(got[name] - expected[name].numpy())))
+                                         for name in numpy_model.OUTPUT_NAMES])
     if not difference <= TOLERANCE:
         raise ValueError(f"the NumPy text runtime differs from the SavedModel by {difference:.3g} "
                          f"(tolerance {TOLERANCE})")
