@@ -101,22 +101,28 @@ def product_of_experts_head(text: OutputLayer, image: OutputLayer, text_embeddin
     """The study's head set to softmax(text logits + image_weight x image logits).
 
     The BatchNormalization statistics are those of the given (training) embeddings; the hidden
-    layer (one unit per embedding value) undoes the normalisation, and its ReLU keeps the
-    embeddings, which are ReLU outputs (>= 0) themselves. Dropout is inactive at inference.
+    layer undoes the normalisation and its ReLU passes each embedding value through: one unit per
+    value that is a ReLU output (>= 0 on every training row), two for a value that can be negative
+    (the text model's wide-path scores), relu(x) and relu(-x), whose output weights are W and -W,
+    since relu(x) - relu(-x) = x. Dropout is inactive at inference.
     """
     features = np.hstack([text_embeddings, image_embeddings]).astype(np.float64)
-    if features.min() < 0:
-        raise ValueError("the embeddings must be ReLU outputs (>= 0) to pass through the hidden ReLU")
     width = features.shape[1]
+    signed = np.flatnonzero(features.min(axis=0) < 0)
     model = build_fusion_model(text_embeddings.shape[1], image_embeddings.shape[1], len(text.bias),
-                               replace(config, hidden_units=width))
+                               replace(config, hidden_units=width + len(signed)))
     mean, variance = features.mean(axis=0), features.var(axis=0)
     normalization = model.get_layer("batch_normalization")
     normalization.set_weights([np.ones(width), np.zeros(width), mean, variance])
     scale = np.sqrt(variance + normalization.epsilon)
-    model.get_layer("hidden").set_weights([np.diag(scale).astype(np.float32), mean.astype(np.float32)])
+    hidden_kernel = np.zeros((width, width + len(signed)))
+    hidden_kernel[:, :width] = np.diag(scale)
+    hidden_kernel[signed, width + np.arange(len(signed))] = -scale[signed]
+    hidden_bias = np.concatenate([mean, -mean[signed]])
+    model.get_layer("hidden").set_weights([hidden_kernel.astype(np.float32), hidden_bias.astype(np.float32)])
+    kernel = np.vstack([text.kernel, image_weight * image.kernel])
     model.get_layer("probabilities").set_weights([
-        np.vstack([text.kernel, image_weight * image.kernel]).astype(np.float32),
+        np.vstack([kernel, -kernel[signed]]).astype(np.float32),
         (text.bias + image_weight * image.bias).astype(np.float32)])
     return model
 
