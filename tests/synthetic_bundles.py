@@ -30,8 +30,10 @@ def build_synthetic_bundles(root: Path, embedding_dim: int = 16, rows: int = 240
     """
     texts, labels = products(rows)
     prepared = [preprocess(d, s) for d, s in texts]  # both views: the text model reads text and cleaned
+    # The text embedding is the hidden units and the wide path's class scores side by side: as many
+    # hidden units as make it `embedding_dim` values, the image embedding's size too.
     text = train_text_model(prepared, labels, len(LABELS), TextModelConfig(
-        word_vocabulary=300, char_vocabulary=300, char_ngrams=(3,), embedding_dim=embedding_dim,
+        word_vocabulary=300, char_vocabulary=300, char_ngrams=(3,), embedding_dim=embedding_dim - len(LABELS),
         fit=FitConfig(max_epochs=epochs, learning_rate=1e-2)))
     label_pairs = [(label.code, label.name) for label in LABELS]
     codes = [label.code for label in LABELS]

@@ -78,8 +78,14 @@ def test_the_head_computes_the_product_of_the_two_experts():
     head = product_of_experts_head(text, image, text_embeddings, image_embeddings, image_weight=0.5)
     expected = softmax(text.logits(text_embeddings) + 0.5 * image.logits(image_embeddings))
     np.testing.assert_allclose(predict_fusion(head, text_embeddings, image_embeddings), expected, atol=1e-4)
-    with pytest.raises(ValueError, match="ReLU"):
-        product_of_experts_head(text, image, -text_embeddings - 1, image_embeddings)
+    # Text embedding values that can be negative (the text model's wide-path scores) pass through too,
+    # on rows the head never saw: relu(x) and relu(-x) with output weights W and -W.
+    signed = text_embeddings.copy()
+    signed[:, 3:] = rng.normal(size=(40, 2))
+    head = product_of_experts_head(text, image, signed, image_embeddings)
+    unseen = signed[:10] * np.array([1, 1, 1, -2, 3], np.float32)
+    expected = softmax(text.logits(unseen) + image.logits(image_embeddings[:10]))
+    np.testing.assert_allclose(predict_fusion(head, unseen, image_embeddings[:10]), expected, atol=1e-4)
 
 
 def test_comparison_covers_the_val_pairs_with_each_method():
