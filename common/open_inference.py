@@ -16,32 +16,24 @@ import importlib.metadata
 import math
 import struct
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from common.errors import InvalidInput, NotFound, TooLarge
 from common.model_repository import ModelRepository
-from common.runtime import TensorSpec
+from common.runtime import Runner, TensorSpec
 from rakuten.kserve import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVER_NAME = "rakuten-classifier"
 
 
-class ModelRunner(Protocol):
-    """Named arrays in, named arrays out (`common.runtime.Runner`: `OnnxRunner`, `SignatureRunner`).
-    A runner may name its `platform` in Triton's words (e.g. "onnxruntime_onnx"); "tensorflow"
-    otherwise."""
-
-    input_specs: Mapping[str, TensorSpec]
-    output_specs: Mapping[str, TensorSpec]
-
-    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]: ...
-
-
 class RunsModel(Protocol):
-    runner: ModelRunner
+    """A served model: its `runner` (`common.runtime.Runner`) may name its `platform` in Triton's
+    words (e.g. "onnxruntime_onnx"); "tensorflow" otherwise."""
+
+    runner: Runner
 
 
 @dataclass(frozen=True)
@@ -184,7 +176,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if name != self._repository.name:
             raise NotFound(f"{field}: this server serves {self._repository.name!r}, not {name!r}")
 
-    def _resolve(self, name_field: str, name: str, version_field: str, version: str) -> tuple[int, ModelRunner]:
+    def _resolve(self, name_field: str, name: str, version_field: str, version: str) -> tuple[int, Runner]:
         """The serving version and its runner; UNAVAILABLE while loading, NOT_FOUND if not served."""
         self._check_name(name_field, name)
         bundle, model = self._repository.current()
@@ -222,7 +214,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 target.add(name=name, datatype=datatype_of(spec).name, shape=shape_of(spec))
         return response
 
-    def _inputs(self, request: pb.ModelInferRequest, runner: ModelRunner) -> dict[str, np.ndarray]:
+    def _inputs(self, request: pb.ModelInferRequest, runner: Runner) -> dict[str, np.ndarray]:
         raw = list(request.raw_input_contents)
         if raw and len(raw) != len(request.inputs):
             raise InvalidInput(f"raw_input_contents: {len(raw)} entries for {len(request.inputs)} inputs")
@@ -259,7 +251,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return arrays
 
     @staticmethod
-    def _requested_outputs(request: pb.ModelInferRequest, runner: ModelRunner) -> list[str]:
+    def _requested_outputs(request: pb.ModelInferRequest, runner: Runner) -> list[str]:
         names: list[str] = []
         for output in request.outputs:
             where = f"outputs[{output.name!r}]"
